@@ -1,0 +1,35 @@
+//! cnnkit-core: the Tensor, its dtypes, one typed Error, and reverse-mode autograd.
+//!
+//! A newcomer's path: [`Tensor`] (tensor.rs) holds shared storage and a layout; every op
+//! (elementwise.rs, shape.rs, reduce.rs, nn_ops.rs) computes with cnnkit-kernels and records
+//! an [`Op`] (op.rs) when grad is needed; `backward` (backprop.rs) walks those records.
+
+pub mod backprop;
+pub mod custom;
+pub mod dtype;
+pub mod elementwise;
+pub mod error;
+pub mod grad_mode;
+pub mod gradcheck;
+pub mod layout;
+pub mod nn_ops;
+pub mod op;
+pub mod random;
+pub mod reduce;
+pub mod shape;
+pub mod tensor;
+
+pub use dtype::{DType, Elem, FloatElem, Storage};
+pub use error::{Error, Result};
+pub use grad_mode::{is_grad_enabled, no_grad, with_no_grad, NoGradGuard};
+pub use gradcheck::gradcheck;
+pub use nn_ops::{Conv2dArgs, Pool2dArgs};
+pub use op::{BinaryOp, CustomOp, UnaryOp};
+pub use random::{manual_seed, Generator};
+pub use shape::PadMode;
+pub use tensor::{Tensor, TensorId};
+
+/// Sets the number of threads the kernels use (call once, before any compute).
+pub fn set_num_threads(n: usize) -> Result<()> {
+    rayon::ThreadPoolBuilder::new().num_threads(n.max(1)).build_global().map_err(|e| Error::invalid("set_num_threads", e.to_string()))
+}

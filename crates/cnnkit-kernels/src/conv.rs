@@ -1,0 +1,319 @@
+//! 2-D convolution over im2col + GEMM, forward and both backward passes.
+//!
+//! Layouts are NCHW and contiguous. Weight: (C_out, C_in/G, KH, KW).
+//! Per image and group: cols (C_in/G·KH·KW, OH·OW) = im2col(x); y = W_g @ cols.
+//! 1×1 stride-1 unpadded convolutions skip im2col: the image itself is the cols matrix.
+//! Threads: batches with at least as many images as threads split over images (each thread
+//! runs a single-threaded GEMM on its own image); small batches let GEMM use all threads.
+
+use crate::matmul::{gemm, MatRef};
+use crate::Float;
+use rayon::prelude::*;
+
+/// Everything a convolution kernel needs to know about shapes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ConvGeom {
+    pub n: usize,
+    pub c_in: usize,
+    pub h: usize,
+    pub w: usize,
+    pub c_out: usize,
+    pub kh: usize,
+    pub kw: usize,
+    pub stride: (usize, usize),
+    pub padding: (usize, usize),
+    pub dilation: (usize, usize),
+    pub groups: usize,
+}
+
+impl ConvGeom {
+    /// Output size, or None when the (dilated) kernel does not fit the padded input.
+    pub fn out_hw(&self) -> Option<(usize, usize)> {
+        let eh = self.dilation.0 * (self.kh - 1) + 1;
+        let ew = self.dilation.1 * (self.kw - 1) + 1;
+        let ph = self.h + 2 * self.padding.0;
+        let pw = self.w + 2 * self.padding.1;
+        if eh > ph || ew > pw || self.stride.0 == 0 || self.stride.1 == 0 {
+            return None;
+        }
+        Some(((ph - eh) / self.stride.0 + 1, (pw - ew) / self.stride.1 + 1))
+    }
+    fn oh_ow(&self) -> (usize, usize) {
+        self.out_hw().expect("ConvGeom checked by caller")
+    }
+    /// Rows of the cols matrix for one group: C_in/G · KH · KW.
+    pub fn col_rows(&self) -> usize {
+        self.c_in / self.groups * self.kh * self.kw
+    }
+    fn is_pointwise(&self) -> bool {
+        self.kh == 1 && self.kw == 1 && self.stride == (1, 1) && self.padding == (0, 0)
+    }
+    /// Multiply-adds ×2 of the forward pass.
+    pub fn flops(&self) -> f64 {
+        let (oh, ow) = self.out_hw().unwrap_or((0, 0));
+        2.0 * (self.n * self.c_out * self.col_rows() * oh * ow) as f64
+    }
+}
+
+/// Unfolds one group of one image. x: (C_in/G, H, W); cols: (C_in/G·KH·KW, OH·OW).
+pub fn im2col<T: Float>(g: &ConvGeom, x: &[T], cols: &mut [T]) {
+    let (oh, ow) = g.oh_ow();
+    let cpg = g.c_in / g.groups;
+    let (sh, sw) = g.stride;
+    let (ph, pw) = g.padding;
+    let (dh, dw) = g.dilation;
+    for c in 0..cpg {
+        let plane = &x[c * g.h * g.w..(c + 1) * g.h * g.w];
+        for ki in 0..g.kh {
+            for kj in 0..g.kw {
+                let row = (c * g.kh + ki) * g.kw + kj;
+                let out = &mut cols[row * oh * ow..(row + 1) * oh * ow];
+                for oy in 0..oh {
+                    let iy = (oy * sh + ki * dh) as isize - ph as isize;
+                    let orow = &mut out[oy * ow..(oy + 1) * ow];
+                    if iy < 0 || iy >= g.h as isize {
+                        orow.iter_mut().for_each(|v| *v = T::zero());
+                        continue;
+                    }
+                    let src = &plane[iy as usize * g.w..(iy as usize + 1) * g.w];
+                    let off = (kj * dw) as isize - pw as isize;
+                    if sw == 1 {
+                        // Contiguous run: the valid ox are those with 0 <= ox + off < W.
+                        let lo = (-off).clamp(0, ow as isize) as usize;
+                        let hi = (g.w as isize - off).clamp(0, ow as isize) as usize;
+                        orow[..lo].iter_mut().for_each(|v| *v = T::zero());
+                        if hi > lo {
+                            let s = (lo as isize + off) as usize;
+                            orow[lo..hi].copy_from_slice(&src[s..s + hi - lo]);
+                        }
+                        orow[hi.max(lo)..].iter_mut().for_each(|v| *v = T::zero());
+                    } else {
+                        for (ox, o) in orow.iter_mut().enumerate() {
+                            let ix = (ox * sw) as isize + off;
+                            *o = if ix >= 0 && ix < g.w as isize { src[ix as usize] } else { T::zero() };
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Folds cols back, accumulating into x. cols: (C_in/G·KH·KW, OH·OW); x: (C_in/G, H, W).
+pub fn col2im<T: Float>(g: &ConvGeom, cols: &[T], x: &mut [T]) {
+    let (oh, ow) = g.oh_ow();
+    let cpg = g.c_in / g.groups;
+    let (sh, sw) = g.stride;
+    let (ph, pw) = g.padding;
+    let (dh, dw) = g.dilation;
+    for c in 0..cpg {
+        let plane = &mut x[c * g.h * g.w..(c + 1) * g.h * g.w];
+        for ki in 0..g.kh {
+            for kj in 0..g.kw {
+                let row = (c * g.kh + ki) * g.kw + kj;
+                let src = &cols[row * oh * ow..(row + 1) * oh * ow];
+                for oy in 0..oh {
+                    let iy = (oy * sh + ki * dh) as isize - ph as isize;
+                    if iy < 0 || iy >= g.h as isize {
+                        continue;
+                    }
+                    let dst = &mut plane[iy as usize * g.w..(iy as usize + 1) * g.w];
+                    let srow = &src[oy * ow..(oy + 1) * ow];
+                    let off = (kj * dw) as isize - pw as isize;
+                    for (ox, &v) in srow.iter().enumerate() {
+                        let ix = (ox * sw) as isize + off;
+                        if ix >= 0 && ix < g.w as isize {
+                            dst[ix as usize] += v;
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn batch_parallel(n: usize) -> bool {
+    n >= crate::num_threads() && crate::num_threads() > 1
+}
+
+/// Runs `f(image_index, out_chunk)` over the batch, in parallel when the batch is large enough.
+fn over_batch<T: Float>(n: usize, out: &mut [T], per: usize, f: impl Fn(usize, &mut [T], bool) + Sync) {
+    if batch_parallel(n) {
+        out.par_chunks_mut(per).enumerate().for_each(|(i, o)| f(i, o, false));
+    } else {
+        out.chunks_mut(per).enumerate().for_each(|(i, o)| f(i, o, true));
+    }
+}
+
+/// y = conv(x, w) + b. x: (N, C_in, H, W); w: (C_out, C_in/G, KH, KW); b: (C_out); y: (N, C_out, OH, OW).
+pub fn conv2d_forward<T: Float>(g: &ConvGeom, x: &[T], w: &[T], b: Option<&[T]>, y: &mut [T]) {
+    let (oh, ow) = g.oh_ow();
+    let p = oh * ow;
+    let kr = g.col_rows();
+    let cog = g.c_out / g.groups;
+    let x_img = g.c_in * g.h * g.w;
+    let x_grp = (g.c_in / g.groups) * g.h * g.w;
+    over_batch(g.n, y, g.c_out * p, |i, yi, par| {
+        let mut cols = if g.is_pointwise() { Vec::new() } else { vec![T::zero(); kr * p] };
+        for grp in 0..g.groups {
+            let xg = &x[i * x_img + grp * x_grp..i * x_img + (grp + 1) * x_grp];
+            let colm: &[T] = if g.is_pointwise() {
+                xg
+            } else {
+                im2col(g, xg, &mut cols);
+                &cols
+            };
+            let wg = MatRef::row_major(&w[grp * cog * kr..(grp + 1) * cog * kr], cog, kr);
+            let out = &mut yi[grp * cog * p..(grp + 1) * cog * p];
+            gemm(wg, MatRef::row_major(colm, kr, p), out, false, par);
+        }
+        if let Some(b) = b {
+            for (co, row) in yi.chunks_mut(p).enumerate() {
+                row.iter_mut().for_each(|v| *v += b[co]);
+            }
+        }
+    });
+}
+
+/// gx = d(conv)/dx · gy. gy: (N, C_out, OH, OW); w as in forward; gx: (N, C_in, H, W) (overwritten).
+pub fn conv2d_backward_input<T: Float>(g: &ConvGeom, gy: &[T], w: &[T], gx: &mut [T]) {
+    let (oh, ow) = g.oh_ow();
+    let p = oh * ow;
+    let kr = g.col_rows();
+    let cog = g.c_out / g.groups;
+    let x_grp = (g.c_in / g.groups) * g.h * g.w;
+    over_batch(g.n, gx, g.c_in * g.h * g.w, |i, gxi, par| {
+        gxi.iter_mut().for_each(|v| *v = T::zero());
+        let mut cols = vec![T::zero(); kr * p];
+        for grp in 0..g.groups {
+            let gyg = &gy[(i * g.c_out + grp * cog) * p..(i * g.c_out + (grp + 1) * cog) * p];
+            let wg = MatRef::row_major(&w[grp * cog * kr..(grp + 1) * cog * kr], cog, kr);
+            let dst = &mut gxi[grp * x_grp..(grp + 1) * x_grp];
+            if g.is_pointwise() {
+                gemm(wg.t(), MatRef::row_major(gyg, cog, p), dst, false, par);
+            } else {
+                gemm(wg.t(), MatRef::row_major(gyg, cog, p), &mut cols, false, par);
+                col2im(g, &cols, dst);
+            }
+        }
+    });
+}
+
+/// gw = d(conv)/dw · gy, summed over the batch. gw: (C_out, C_in/G, KH, KW) (overwritten).
+pub fn conv2d_backward_weight<T: Float>(g: &ConvGeom, x: &[T], gy: &[T], gw: &mut [T]) {
+    let (oh, ow) = g.oh_ow();
+    let p = oh * ow;
+    let kr = g.col_rows();
+    let cog = g.c_out / g.groups;
+    let x_img = g.c_in * g.h * g.w;
+    let x_grp = (g.c_in / g.groups) * g.h * g.w;
+    let one_image = |i: usize, acc: &mut [T], cols: &mut Vec<T>, par: bool| {
+        for grp in 0..g.groups {
+            let xg = &x[i * x_img + grp * x_grp..i * x_img + (grp + 1) * x_grp];
+            let colm: &[T] = if g.is_pointwise() {
+                xg
+            } else {
+                im2col(g, xg, cols);
+                cols
+            };
+            let gyg = &gy[(i * g.c_out + grp * cog) * p..(i * g.c_out + (grp + 1) * cog) * p];
+            let dst = &mut acc[grp * cog * kr..(grp + 1) * cog * kr];
+            gemm(MatRef::row_major(gyg, cog, p), MatRef::row_major(colm, kr, p).t(), dst, true, par);
+        }
+    };
+    gw.iter_mut().for_each(|v| *v = T::zero());
+    if batch_parallel(g.n) {
+        // Each thread accumulates a private gradient over its share of images, then they are summed.
+        let t = crate::num_threads().min(g.n);
+        let partials: Vec<Vec<T>> = (0..t)
+            .into_par_iter()
+            .map(|tid| {
+                let mut acc = vec![T::zero(); gw.len()];
+                let mut cols = vec![T::zero(); kr * p];
+                for i in (tid..g.n).step_by(t) {
+                    one_image(i, &mut acc, &mut cols, false);
+                }
+                acc
+            })
+            .collect();
+        for part in partials {
+            gw.iter_mut().zip(part).for_each(|(a, b)| *a += b);
+        }
+    } else {
+        let mut cols = vec![T::zero(); kr * p];
+        for i in 0..g.n {
+            one_image(i, gw, &mut cols, true);
+        }
+    }
+}
+
+/// gb = Σ over N, OH, OW of gy. gy: (N, C_out, OH, OW); gb: (C_out) (overwritten).
+pub fn conv2d_backward_bias<T: Float>(g: &ConvGeom, gy: &[T], gb: &mut [T]) {
+    let (oh, ow) = g.oh_ow();
+    let p = oh * ow;
+    gb.iter_mut().for_each(|v| *v = T::zero());
+    for i in 0..g.n {
+        for (co, b) in gb.iter_mut().enumerate() {
+            let s: T = gy[(i * g.c_out + co) * p..(i * g.c_out + co + 1) * p].iter().copied().sum();
+            *b += s;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::reference;
+    use proptest::prelude::*;
+
+    fn rand_vec(n: usize, seed: &mut u64) -> Vec<f64> {
+        (0..n)
+            .map(|_| {
+                *seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                ((*seed >> 33) as f64 / (1u64 << 31) as f64) - 0.5
+            })
+            .collect()
+    }
+
+    fn geom_strategy() -> impl Strategy<Value = ConvGeom> {
+        (1usize..4, 1usize..4, 1usize..4, 1usize..3, 3usize..10, 3usize..10, 1usize..4, 1usize..4, 1usize..3, 0usize..3, 1usize..3)
+            .prop_map(|(n, cpg, copg, groups, h, w, kh, kw, s, p, d)| ConvGeom {
+                n,
+                c_in: cpg * groups,
+                h,
+                w,
+                c_out: copg * groups,
+                kh,
+                kw,
+                stride: (s, if w % 2 == 0 { 1 } else { s }),
+                padding: (p, p.min(1)),
+                dilation: (d, 1),
+                groups,
+            })
+            .prop_filter("kernel must fit", |g| g.out_hw().is_some())
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(60))]
+        #[test]
+        fn conv_kernels_match_naive(g in geom_strategy(), seed in 0u64..10_000) {
+            let mut s = seed;
+            let (oh, ow) = g.out_hw().unwrap();
+            let x = rand_vec(g.n * g.c_in * g.h * g.w, &mut s);
+            let w = rand_vec(g.c_out * g.col_rows(), &mut s);
+            let b = rand_vec(g.c_out, &mut s);
+            let gy = rand_vec(g.n * g.c_out * oh * ow, &mut s);
+            let mut y = vec![0.0; gy.len()];
+            conv2d_forward(&g, &x, &w, Some(&b), &mut y);
+            let want = reference::conv2d_naive(&g, &x, &w, Some(&b));
+            for (a, e) in y.iter().zip(&want) { prop_assert!((a - e).abs() < 1e-9, "fwd {a} vs {e}"); }
+            let (gx_want, gw_want) = reference::conv2d_backward_naive(&g, &x, &w, &gy);
+            let mut gx = vec![7.0; x.len()];
+            conv2d_backward_input(&g, &gy, &w, &mut gx);
+            for (a, e) in gx.iter().zip(&gx_want) { prop_assert!((a - e).abs() < 1e-9, "gx {a} vs {e}"); }
+            let mut gw = vec![7.0; w.len()];
+            conv2d_backward_weight(&g, &x, &gy, &mut gw);
+            for (a, e) in gw.iter().zip(&gw_want) { prop_assert!((a - e).abs() < 1e-9, "gw {a} vs {e}"); }
+        }
+    }
+}

@@ -1,0 +1,272 @@
+//! 2-D pooling kernels on NCHW planes. Parallel over the N·C planes.
+//!
+//! Max pooling records, per output, the flat index (ih·W + iw) of the winner inside its plane,
+//! exactly like PyTorch's `return_indices`, so backward and MaxUnpool2d are scatters.
+
+use crate::Float;
+use rayon::prelude::*;
+
+/// Geometry of a pooling window sweep over one (H, W) plane.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PoolGeom {
+    pub h: usize,
+    pub w: usize,
+    pub kh: usize,
+    pub kw: usize,
+    pub stride: (usize, usize),
+    pub padding: (usize, usize),
+    pub dilation: (usize, usize),
+    pub ceil_mode: bool,
+}
+
+fn pooled_size(inp: usize, k: usize, s: usize, p: usize, d: usize, ceil: bool) -> Option<usize> {
+    let eff = d * (k - 1) + 1;
+    if inp + 2 * p < eff || s == 0 {
+        return None;
+    }
+    let num = inp + 2 * p - eff;
+    let mut out = if ceil { num.div_ceil(s) + 1 } else { num / s + 1 };
+    // PyTorch: the last window must start inside the input or the left padding.
+    if ceil && (out - 1) * s >= inp + p {
+        out -= 1;
+    }
+    Some(out)
+}
+
+impl PoolGeom {
+    /// Output (OH, OW), following PyTorch's pooling_output_shape; None when impossible.
+    pub fn out_hw(&self) -> Option<(usize, usize)> {
+        Some((
+            pooled_size(self.h, self.kh, self.stride.0, self.padding.0, self.dilation.0, self.ceil_mode)?,
+            pooled_size(self.w, self.kw, self.stride.1, self.padding.1, self.dilation.1, self.ceil_mode)?,
+        ))
+    }
+}
+
+/// x: (P, H, W) planes; y, idx: (P, OH, OW).
+pub fn max_pool2d<T: Float>(g: &PoolGeom, x: &[T], y: &mut [T], idx: &mut [i64]) {
+    let (oh, ow) = g.out_hw().expect("PoolGeom checked by caller");
+    let plane_in = g.h * g.w;
+    y.par_chunks_mut(oh * ow).zip(idx.par_chunks_mut(oh * ow)).enumerate().for_each(|(pi, (yp, ip))| {
+        let xp = &x[pi * plane_in..(pi + 1) * plane_in];
+        for oy in 0..oh {
+            let hs = (oy * g.stride.0) as isize - g.padding.0 as isize;
+            for ox in 0..ow {
+                let ws = (ox * g.stride.1) as isize - g.padding.1 as isize;
+                let mut best = T::neg_infinity();
+                let mut bi: i64 = -1;
+                for ki in 0..g.kh {
+                    let iy = hs + (ki * g.dilation.0) as isize;
+                    if iy < 0 || iy >= g.h as isize {
+                        continue;
+                    }
+                    for kj in 0..g.kw {
+                        let ix = ws + (kj * g.dilation.1) as isize;
+                        if ix < 0 || ix >= g.w as isize {
+                            continue;
+                        }
+                        let at = iy as usize * g.w + ix as usize;
+                        let v = xp[at];
+                        if bi < 0 || v > best || v.is_nan() {
+                            best = v;
+                            bi = at as i64;
+                            if v.is_nan() {
+                                break;
+                            }
+                        }
+                    }
+                }
+                yp[oy * ow + ox] = best;
+                ip[oy * ow + ox] = bi.max(0);
+            }
+        }
+    });
+}
+
+/// Scatter-adds gy into gx at the recorded indices. gy, idx: (P, OH·OW); gx: (P, H·W) (overwritten).
+pub fn scatter_plane_indices<T: Float>(gy: &[T], idx: &[i64], out_plane: usize, in_plane: usize, gx: &mut [T]) {
+    gx.par_chunks_mut(out_plane).enumerate().for_each(|(pi, gp)| {
+        gp.iter_mut().for_each(|v| *v = T::zero());
+        let g = &gy[pi * in_plane..(pi + 1) * in_plane];
+        let ii = &idx[pi * in_plane..(pi + 1) * in_plane];
+        for (&v, &i) in g.iter().zip(ii) {
+            if (i as usize) < out_plane {
+                gp[i as usize] += v;
+            }
+        }
+    });
+}
+
+/// Gathers per plane: y[p, j] = x[p, idx[p, j]]. x: (P, in_plane); idx, y: (P, out_plane).
+pub fn gather_plane_indices<T: Float>(x: &[T], idx: &[i64], in_plane: usize, out_plane: usize, y: &mut [T]) {
+    y.par_chunks_mut(out_plane).enumerate().for_each(|(pi, yp)| {
+        let xp = &x[pi * in_plane..(pi + 1) * in_plane];
+        for (o, &i) in yp.iter_mut().zip(&idx[pi * out_plane..(pi + 1) * out_plane]) {
+            *o = xp.get(i as usize).copied().unwrap_or(T::zero());
+        }
+    });
+}
+
+/// The input window [hs, he) × [ws, we) of output (oy, ox), and its divisor, as PyTorch's avg_pool2d.
+fn avg_window(g: &PoolGeom, oy: usize, ox: usize, count_include_pad: bool) -> (usize, usize, usize, usize, usize) {
+    let hs = (oy * g.stride.0) as isize - g.padding.0 as isize;
+    let ws = (ox * g.stride.1) as isize - g.padding.1 as isize;
+    let he = (hs + g.kh as isize).min((g.h + g.padding.0) as isize);
+    let we = (ws + g.kw as isize).min((g.w + g.padding.1) as isize);
+    let pool_size = ((he - hs) * (we - ws)) as usize;
+    let (hs, ws) = (hs.max(0) as usize, ws.max(0) as usize);
+    let (he, we) = (he.min(g.h as isize).max(0) as usize, we.min(g.w as isize).max(0) as usize);
+    let div = if count_include_pad { pool_size } else { he.saturating_sub(hs) * we.saturating_sub(ws) };
+    (hs, he, ws, we, div)
+}
+
+/// x: (P, H, W); y: (P, OH, OW). Dilation is not part of average pooling.
+pub fn avg_pool2d<T: Float>(g: &PoolGeom, count_include_pad: bool, x: &[T], y: &mut [T]) {
+    let (oh, ow) = g.out_hw().expect("PoolGeom checked by caller");
+    let plane_in = g.h * g.w;
+    y.par_chunks_mut(oh * ow).enumerate().for_each(|(pi, yp)| {
+        let xp = &x[pi * plane_in..(pi + 1) * plane_in];
+        for oy in 0..oh {
+            for ox in 0..ow {
+                let (hs, he, ws, we, div) = avg_window(g, oy, ox, count_include_pad);
+                let mut s = T::zero();
+                for iy in hs..he {
+                    for ix in ws..we {
+                        s += xp[iy * g.w + ix];
+                    }
+                }
+                yp[oy * ow + ox] = if div == 0 { T::zero() } else { s / T::from_usize(div).unwrap() };
+            }
+        }
+    });
+}
+
+/// Backward of avg_pool2d. gy: (P, OH, OW); gx: (P, H, W) (overwritten).
+pub fn avg_pool2d_backward<T: Float>(g: &PoolGeom, count_include_pad: bool, gy: &[T], gx: &mut [T]) {
+    let (oh, ow) = g.out_hw().expect("PoolGeom checked by caller");
+    gx.par_chunks_mut(g.h * g.w).enumerate().for_each(|(pi, gp)| {
+        gp.iter_mut().for_each(|v| *v = T::zero());
+        let gyp = &gy[pi * oh * ow..(pi + 1) * oh * ow];
+        for oy in 0..oh {
+            for ox in 0..ow {
+                let (hs, he, ws, we, div) = avg_window(g, oy, ox, count_include_pad);
+                if div == 0 {
+                    continue;
+                }
+                let v = gyp[oy * ow + ox] / T::from_usize(div).unwrap();
+                for iy in hs..he {
+                    for ix in ws..we {
+                        gp[iy * g.w + ix] += v;
+                    }
+                }
+            }
+        }
+    });
+}
+
+/// PyTorch's adaptive window for output o of `out` over `inp`: [floor(o·in/out), ceil((o+1)·in/out)).
+pub fn adaptive_range(o: usize, inp: usize, out: usize) -> (usize, usize) {
+    (o * inp / out, ((o + 1) * inp).div_ceil(out))
+}
+
+/// x: (P, H, W); y: (P, OH, OW).
+pub fn adaptive_avg_pool2d<T: Float>(h: usize, w: usize, oh: usize, ow: usize, x: &[T], y: &mut [T]) {
+    y.par_chunks_mut(oh * ow).enumerate().for_each(|(pi, yp)| {
+        let xp = &x[pi * h * w..(pi + 1) * h * w];
+        for oy in 0..oh {
+            let (hs, he) = adaptive_range(oy, h, oh);
+            for ox in 0..ow {
+                let (ws, we) = adaptive_range(ox, w, ow);
+                let mut s = T::zero();
+                for iy in hs..he {
+                    for ix in ws..we {
+                        s += xp[iy * w + ix];
+                    }
+                }
+                yp[oy * ow + ox] = s / T::from_usize((he - hs) * (we - ws)).unwrap();
+            }
+        }
+    });
+}
+
+/// Backward of adaptive_avg_pool2d. gy: (P, OH, OW); gx: (P, H, W) (overwritten).
+pub fn adaptive_avg_pool2d_backward<T: Float>(h: usize, w: usize, oh: usize, ow: usize, gy: &[T], gx: &mut [T]) {
+    gx.par_chunks_mut(h * w).enumerate().for_each(|(pi, gp)| {
+        gp.iter_mut().for_each(|v| *v = T::zero());
+        let gyp = &gy[pi * oh * ow..(pi + 1) * oh * ow];
+        for oy in 0..oh {
+            let (hs, he) = adaptive_range(oy, h, oh);
+            for ox in 0..ow {
+                let (ws, we) = adaptive_range(ox, w, ow);
+                let v = gyp[oy * ow + ox] / T::from_usize((he - hs) * (we - ws)).unwrap();
+                for iy in hs..he {
+                    for ix in ws..we {
+                        gp[iy * w + ix] += v;
+                    }
+                }
+            }
+        }
+    });
+}
+
+/// x: (P, H, W); y, idx: (P, OH, OW).
+pub fn adaptive_max_pool2d<T: Float>(h: usize, w: usize, oh: usize, ow: usize, x: &[T], y: &mut [T], idx: &mut [i64]) {
+    y.par_chunks_mut(oh * ow).zip(idx.par_chunks_mut(oh * ow)).enumerate().for_each(|(pi, (yp, ip))| {
+        let xp = &x[pi * h * w..(pi + 1) * h * w];
+        for oy in 0..oh {
+            let (hs, he) = adaptive_range(oy, h, oh);
+            for ox in 0..ow {
+                let (ws, we) = adaptive_range(ox, w, ow);
+                let mut best = T::neg_infinity();
+                let mut bi = hs * w + ws;
+                for iy in hs..he {
+                    for ix in ws..we {
+                        let v = xp[iy * w + ix];
+                        if v > best || v.is_nan() {
+                            best = v;
+                            bi = iy * w + ix;
+                        }
+                    }
+                }
+                yp[oy * ow + ox] = best;
+                ip[oy * ow + ox] = bi as i64;
+            }
+        }
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn output_sizes_follow_pytorch() {
+        let g = |h, k, s, p, d, c| PoolGeom { h, w: h, kh: k, kw: k, stride: (s, s), padding: (p, p), dilation: (d, d), ceil_mode: c };
+        assert_eq!(g(4, 2, 2, 0, 1, false).out_hw(), Some((2, 2)));
+        assert_eq!(g(5, 2, 2, 0, 1, false).out_hw(), Some((2, 2)));
+        assert_eq!(g(5, 2, 2, 0, 1, true).out_hw(), Some((3, 3)));
+        assert_eq!(g(6, 3, 2, 1, 1, true).out_hw(), Some((4, 4)));
+        assert_eq!(g(5, 3, 2, 1, 1, true).out_hw(), Some((3, 3)));
+        assert_eq!(g(7, 3, 2, 1, 2, false).out_hw(), Some((3, 3)));
+        assert_eq!(g(2, 3, 1, 0, 1, false).out_hw(), None);
+    }
+
+    #[test]
+    fn seed_max_pool_example() {
+        // The seed's §2.2.2 example: 4×4 ramp, 2×2 max pool, stride 2.
+        let x: Vec<f32> = (1..=16).map(|v| v as f32).collect();
+        let g = PoolGeom { h: 4, w: 4, kh: 2, kw: 2, stride: (2, 2), padding: (0, 0), dilation: (1, 1), ceil_mode: false };
+        let mut y = vec![0.0; 4];
+        let mut i = vec![0; 4];
+        max_pool2d(&g, &x, &mut y, &mut i);
+        assert_eq!(y, vec![6.0, 8.0, 14.0, 16.0]);
+        assert_eq!(i, vec![5, 7, 13, 15]);
+    }
+
+    #[test]
+    fn adaptive_ranges_cover_input() {
+        assert_eq!(adaptive_range(0, 5, 3), (0, 2));
+        assert_eq!(adaptive_range(1, 5, 3), (1, 4));
+        assert_eq!(adaptive_range(2, 5, 3), (3, 5));
+    }
+}
