@@ -1,0 +1,134 @@
+//! Upsample (nearest, bilinear), PixelShuffle, ChannelShuffle, ZeroPad2d.
+
+use crate::module::Module;
+use cnnkit_core::{Error, PadMode, Result, Tensor};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum UpsampleMode {
+    Nearest,
+    Bilinear,
+}
+
+/// `nn.Upsample` / `F.interpolate` on (N, C, H, W): to a fixed size or by a scale factor
+/// (output = floor(input·scale)). Bilinear honours align_corners (default false).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Upsample {
+    pub size: Option<(usize, usize)>,
+    pub scale_factor: Option<(f64, f64)>,
+    pub mode: UpsampleMode,
+    pub align_corners: bool,
+}
+
+impl Upsample {
+    pub fn scale(factor: f64, mode: UpsampleMode) -> Self {
+        Upsample { size: None, scale_factor: Some((factor, factor)), mode, align_corners: false }
+    }
+    pub fn size(h: usize, w: usize, mode: UpsampleMode) -> Self {
+        Upsample { size: Some((h, w)), scale_factor: None, mode, align_corners: false }
+    }
+    pub fn align_corners(mut self, a: bool) -> Self {
+        self.align_corners = a;
+        self
+    }
+}
+
+/// `F.interpolate(x, size | scale_factor, mode, align_corners)`.
+pub fn interpolate(x: &Tensor, size: Option<(usize, usize)>, scale_factor: Option<(f64, f64)>, mode: UpsampleMode, align_corners: bool) -> Result<Tensor> {
+    if x.ndim() != 4 {
+        return Err(Error::bad_shape("interpolate", x.shape(), "expects (N, C, H, W)"));
+    }
+    let (h, w) = (x.shape()[2], x.shape()[3]);
+    let (oh, ow) = match (size, scale_factor) {
+        (Some(s), None) => s,
+        (None, Some((sh, sw))) if sh > 0.0 && sw > 0.0 => ((h as f64 * sh).floor() as usize, (w as f64 * sw).floor() as usize),
+        _ => return Err(Error::invalid("interpolate", "give exactly one of size and a positive scale_factor")),
+    };
+    match mode {
+        UpsampleMode::Nearest => x.upsample_nearest2d(oh, ow),
+        UpsampleMode::Bilinear => x.upsample_bilinear2d(oh, ow, align_corners),
+    }
+}
+
+impl Module for Upsample {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        interpolate(x, self.size, self.scale_factor, self.mode, self.align_corners)
+    }
+    fn describe(&self) -> String {
+        format!("Upsample(size={:?}, scale_factor={:?}, mode={:?})", self.size, self.scale_factor, self.mode)
+    }
+}
+
+/// (N, C·r², H, W) → (N, C, H·r, W·r) (Shi et al. 2016).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PixelShuffle {
+    pub upscale_factor: usize,
+}
+
+impl PixelShuffle {
+    pub fn new(upscale_factor: usize) -> Self {
+        PixelShuffle { upscale_factor }
+    }
+}
+
+impl Module for PixelShuffle {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let r = self.upscale_factor;
+        if x.ndim() != 4 || r == 0 || x.shape()[1] % (r * r) != 0 {
+            return Err(Error::bad_shape("PixelShuffle", x.shape(), format!("channels must be divisible by upscale_factor²={}", r * r)));
+        }
+        let (n, c, h, w) = (x.shape()[0], x.shape()[1] / (r * r), x.shape()[2], x.shape()[3]);
+        x.reshape(&[n, c, r, r, h, w])?.permute(&[0, 1, 4, 2, 5, 3])?.reshape(&[n, c, h * r, w * r])
+    }
+}
+
+/// Interleaves channel groups (ShuffleNet, Zhang et al. 2018). x: (N, C, H, W).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ChannelShuffle {
+    pub groups: usize,
+}
+
+impl ChannelShuffle {
+    pub fn new(groups: usize) -> Self {
+        ChannelShuffle { groups }
+    }
+}
+
+/// `channel_shuffle(x, groups)` as torchvision's ShuffleNetV2 does it.
+pub fn channel_shuffle(x: &Tensor, groups: usize) -> Result<Tensor> {
+    if x.ndim() != 4 || groups == 0 || x.shape()[1] % groups != 0 {
+        return Err(Error::bad_shape("ChannelShuffle", x.shape(), format!("channels must be divisible by groups={groups}")));
+    }
+    let (n, c, h, w) = (x.shape()[0], x.shape()[1], x.shape()[2], x.shape()[3]);
+    x.reshape(&[n, groups, c / groups, h, w])?.transpose(1, 2)?.reshape(&[n, c, h, w])
+}
+
+impl Module for ChannelShuffle {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        channel_shuffle(x, self.groups)
+    }
+}
+
+/// Zero padding (left, right, top, bottom) of the last two dims.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ZeroPad2d {
+    pub padding: [isize; 4],
+}
+
+impl ZeroPad2d {
+    pub fn new(p: usize) -> Self {
+        let p = p as isize;
+        ZeroPad2d { padding: [p, p, p, p] }
+    }
+    pub fn ltrb(left: isize, right: isize, top: isize, bottom: isize) -> Self {
+        ZeroPad2d { padding: [left, right, top, bottom] }
+    }
+}
+
+impl Module for ZeroPad2d {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        x.pad2d(self.padding, PadMode::Constant, 0.0)
+    }
+    fn describe(&self) -> String {
+        format!("ZeroPad2d({:?})", self.padding)
+    }
+}
