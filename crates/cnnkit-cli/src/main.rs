@@ -1,1 +1,47 @@
-fn main(){}
+//! `cnnkit`: the command-line front of the library. Thin: parse flags, call the library,
+//! print human output on stderr and results (JSON with --json, last line) on stdout.
+//! Every error is one line on stderr and exit code 2.
+
+mod bench;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "cnnkit", version, about = "Convolutional neural networks in pure Rust: build, train, explain and deploy")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Measure kernels and training steps.
+    Bench {
+        #[command(subcommand)]
+        what: bench::BenchCmd,
+    },
+}
+
+fn main() {
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            // Help and version are not errors.
+            if matches!(e.kind(), clap::error::ErrorKind::DisplayHelp | clap::error::ErrorKind::DisplayVersion) {
+                let _ = e.print();
+                std::process::exit(0);
+            }
+            let msg = e.to_string();
+            let first = msg.lines().find(|l| !l.trim().is_empty()).unwrap_or("invalid arguments");
+            eprintln!("{}", first.trim());
+            std::process::exit(2);
+        }
+    };
+    let result = match cli.command {
+        Command::Bench { what } => bench::run(what),
+    };
+    if let Err(e) = result {
+        eprintln!("error: {e}");
+        std::process::exit(2);
+    }
+}

@@ -1,0 +1,150 @@
+//! `cnnkit bench`: medians of repeated runs, printed as text and (with --json) one JSON line.
+
+use clap::{Args, Subcommand};
+use cnnkit::core::{set_num_threads, Conv2dArgs, DType, Generator, Result, Tensor};
+use cnnkit::kernels::conv::ConvGeom;
+use serde_json::json;
+use std::time::Instant;
+
+#[derive(Subcommand)]
+pub enum BenchCmd {
+    /// One Conv2d layer, forward (or forward + backward).
+    Conv2d(ConvBench),
+    /// One training step (zero_grad + forward + cross_entropy + backward + SGD step).
+    TrainStep(TrainStepBench),
+}
+
+#[derive(Args)]
+pub struct Common {
+    /// Timed iterations (the median is reported).
+    #[arg(long, default_value_t = 10)]
+    iters: usize,
+    /// Worker threads (default: all cores).
+    #[arg(long)]
+    threads: Option<usize>,
+    /// Print one JSON object as the last line of stdout.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args)]
+pub struct ConvBench {
+    #[arg(long, default_value_t = 8)]
+    batch: usize,
+    #[arg(long, default_value_t = 64)]
+    in_channels: usize,
+    #[arg(long, default_value_t = 64)]
+    out_channels: usize,
+    /// Input height and width.
+    #[arg(long, default_value_t = 56)]
+    size: usize,
+    #[arg(long, default_value_t = 3)]
+    kernel: usize,
+    #[arg(long, default_value_t = 1)]
+    stride: usize,
+    #[arg(long, default_value_t = 1)]
+    padding: usize,
+    #[arg(long, default_value_t = 1)]
+    groups: usize,
+    /// Time forward + backward (input and weight gradients).
+    #[arg(long)]
+    backward: bool,
+    #[command(flatten)]
+    common: Common,
+}
+
+#[derive(Args)]
+pub struct TrainStepBench {
+    /// Model: cifar-cnn (the seed's CIFAR SimpleCNN) or simple-cnn (the seed's MNIST one).
+    #[arg(long, default_value = "cifar-cnn")]
+    model: String,
+    #[arg(long, default_value_t = 64)]
+    batch_size: usize,
+    #[command(flatten)]
+    common: Common,
+}
+
+pub fn run(cmd: BenchCmd) -> Result<()> {
+    match cmd {
+        BenchCmd::Conv2d(b) => conv2d(b),
+        BenchCmd::TrainStep(b) => train_step(b),
+    }
+}
+
+fn setup_threads(c: &Common) -> Result<usize> {
+    if let Some(n) = c.threads {
+        if n == 0 {
+            return Err(cnnkit::core::Error::invalid("bench", "--threads must be at least 1"));
+        }
+        set_num_threads(n)?;
+    }
+    Ok(rayon_threads())
+}
+
+fn rayon_threads() -> usize {
+    cnnkit::kernels::num_threads()
+}
+
+/// Median of `iters` timings (ms) after `warm` untimed runs.
+fn median_ms(warm: usize, iters: usize, mut f: impl FnMut() -> Result<()>) -> Result<(f64, Vec<f64>)> {
+    for _ in 0..warm {
+        f()?;
+    }
+    let mut ts = Vec::with_capacity(iters);
+    for _ in 0..iters.max(1) {
+        let t = Instant::now();
+        f()?;
+        ts.push(t.elapsed().as_secs_f64() * 1e3);
+    }
+    let mut s = ts.clone();
+    s.sort_by(|a, b| a.total_cmp(b));
+    Ok((s[s.len() / 2], ts))
+}
+
+fn conv2d(b: ConvBench) -> Result<()> {
+    let threads = setup_threads(&b.common)?;
+    let mut g = Generator::new(0);
+    let x = Tensor::randn_with(&[b.batch, b.in_channels, b.size, b.size], DType::F32, &mut g);
+    let w = Tensor::randn_with(&[b.out_channels, b.in_channels / b.groups.max(1), b.kernel, b.kernel], DType::F32, &mut g);
+    let args = Conv2dArgs { stride: (b.stride, b.stride), padding: (b.padding, b.padding), dilation: (1, 1), groups: b.groups };
+    let geom = ConvGeom { n: b.batch, c_in: b.in_channels, h: b.size, w: b.size, c_out: b.out_channels, kh: b.kernel, kw: b.kernel, stride: args.stride, padding: args.padding, dilation: (1, 1), groups: b.groups };
+    let flops = geom.flops() * if b.backward { 3.0 } else { 1.0 };
+    let (med, _) = if b.backward {
+        let xg = x.detach().requires_grad_()?;
+        let wg = w.detach().requires_grad_()?;
+        median_ms(2, b.common.iters, || {
+            xg.zero_grad();
+            wg.zero_grad();
+            let y = xg.conv2d(&wg, None, args)?;
+            y.backward_with(&y.ones_like())
+        })?
+    } else {
+        median_ms(3, b.common.iters, || x.conv2d(&w, None, args).map(|_| ()))?
+    };
+    let gflops = flops / (med / 1e3) / 1e9;
+    eprintln!(
+        "conv2d {}x{}x{}x{} -> {} k{} s{} p{} g{} {}: median {:.2} ms, {:.1} GFLOP/s ({} threads)",
+        b.batch,
+        b.in_channels,
+        b.size,
+        b.size,
+        b.out_channels,
+        b.kernel,
+        b.stride,
+        b.padding,
+        b.groups,
+        if b.backward { "fwd+bwd" } else { "fwd" },
+        med,
+        gflops,
+        threads
+    );
+    if b.common.json {
+        println!("{}", json!({"bench": "conv2d", "backward": b.backward, "batch": b.batch, "in_channels": b.in_channels, "out_channels": b.out_channels, "size": b.size, "kernel": b.kernel, "stride": b.stride, "padding": b.padding, "groups": b.groups, "threads": threads, "iters": b.common.iters, "median_ms": med, "gflops": gflops}));
+    }
+    Ok(())
+}
+
+fn train_step(b: TrainStepBench) -> Result<()> {
+    let _ = (&b.model, b.batch_size, &b.common);
+    Err(cnnkit::core::Error::invalid("bench train-step", "not wired yet"))
+}
