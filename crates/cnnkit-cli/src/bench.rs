@@ -107,7 +107,19 @@ fn conv2d(b: ConvBench) -> Result<()> {
     let x = Tensor::randn_with(&[b.batch, b.in_channels, b.size, b.size], DType::F32, &mut g);
     let w = Tensor::randn_with(&[b.out_channels, b.in_channels / b.groups.max(1), b.kernel, b.kernel], DType::F32, &mut g);
     let args = Conv2dArgs { stride: (b.stride, b.stride), padding: (b.padding, b.padding), dilation: (1, 1), groups: b.groups };
-    let geom = ConvGeom { n: b.batch, c_in: b.in_channels, h: b.size, w: b.size, c_out: b.out_channels, kh: b.kernel, kw: b.kernel, stride: args.stride, padding: args.padding, dilation: (1, 1), groups: b.groups };
+    let geom = ConvGeom {
+        n: b.batch,
+        c_in: b.in_channels,
+        h: b.size,
+        w: b.size,
+        c_out: b.out_channels,
+        kh: b.kernel,
+        kw: b.kernel,
+        stride: args.stride,
+        padding: args.padding,
+        dilation: (1, 1),
+        groups: b.groups,
+    };
     let flops = geom.flops() * if b.backward { 3.0 } else { 1.0 };
     let (med, _) = if b.backward {
         let xg = x.detach().requires_grad_()?;
@@ -139,7 +151,10 @@ fn conv2d(b: ConvBench) -> Result<()> {
         threads
     );
     if b.common.json {
-        println!("{}", json!({"bench": "conv2d", "backward": b.backward, "batch": b.batch, "in_channels": b.in_channels, "out_channels": b.out_channels, "size": b.size, "kernel": b.kernel, "stride": b.stride, "padding": b.padding, "groups": b.groups, "threads": threads, "iters": b.common.iters, "median_ms": med, "gflops": gflops}));
+        println!(
+            "{}",
+            json!({"bench": "conv2d", "backward": b.backward, "batch": b.batch, "in_channels": b.in_channels, "out_channels": b.out_channels, "size": b.size, "kernel": b.kernel, "stride": b.stride, "padding": b.padding, "groups": b.groups, "threads": threads, "iters": b.common.iters, "median_ms": med, "gflops": gflops})
+        );
     }
     Ok(())
 }

@@ -2,12 +2,12 @@
 //! per [`Op`] variant (no wildcard arm: a new op without a rule does not compile).
 //! Backward runs with grad recording off (no higher-order gradients).
 
-use num_traits::Zero as _;
 use crate::dtype::{Elem, FloatElem};
 use crate::op::Op;
 use crate::tensor::TensorId;
 use crate::{float_dispatch, grad_mode, Error, Result, Tensor};
 use cnnkit_kernels::{conv, pool};
+use num_traits::Zero as _;
 use std::collections::{HashMap, HashSet};
 
 impl Tensor {
@@ -355,7 +355,16 @@ fn input_grads(op: &Op, y: &Tensor, g: &Tensor) -> Result<Vec<(Tensor, Tensor)>>
 }
 
 #[allow(clippy::too_many_arguments)]
-fn batch_norm_backward<T: FloatElem>(x: &Tensor, w: Option<&Tensor>, b: Option<&Tensor>, mean: &[f64], invstd: &[f64], training: bool, g: &Tensor, out: &mut Vec<(Tensor, Tensor)>) -> Result<()> {
+fn batch_norm_backward<T: FloatElem>(
+    x: &Tensor,
+    w: Option<&Tensor>,
+    b: Option<&Tensor>,
+    mean: &[f64],
+    invstd: &[f64],
+    training: bool,
+    g: &Tensor,
+    out: &mut Vec<(Tensor, Tensor)>,
+) -> Result<()> {
     let (n, c) = (x.shape()[0], x.shape()[1]);
     let sp: usize = x.shape()[2..].iter().product();
     let m = (n * sp) as f64;

@@ -420,7 +420,8 @@ impl Tensor {
         if self.dtype() != other.dtype() {
             return Err(Error::invalid("binary", format!("dtypes differ: {} vs {}", self.dtype().name(), other.dtype().name())));
         }
-        let shape = broadcast_shape(self.shape(), other.shape()).ok_or_else(|| Error::mismatch("binary (broadcast)", self.shape(), other.shape()))?;
+        let shape = broadcast_shape(self.shape(), other.shape())
+            .ok_or_else(|| Error::mismatch("binary (broadcast)", self.shape(), other.shape()))?;
         let a = self.broadcast_to(&shape)?;
         let b = other.broadcast_to(&shape)?;
         let s = float_dispatch!("binary", self.dtype(), T => {

@@ -1,7 +1,6 @@
 //! The neural-network ops of torch.nn.functional: matmul, convolution, pooling, batch norm,
 //! softmax, interpolation. Shapes follow PyTorch (NCHW).
 
-use num_traits::Zero as _;
 use crate::dtype::{Elem, FloatElem};
 use crate::layout::Layout;
 use crate::op::Op;
@@ -10,6 +9,7 @@ use crate::{float_dispatch, Error, Result, Tensor};
 use cnnkit_kernels::conv::{self, ConvGeom};
 use cnnkit_kernels::matmul::{gemm, MatRef};
 use cnnkit_kernels::pool::{self, PoolGeom};
+use num_traits::Zero as _;
 use rayon::prelude::*;
 use std::sync::Arc;
 
@@ -96,7 +96,8 @@ impl Tensor {
         if k != k2 {
             return Err(Error::mismatch("matmul", a.shape(), b.shape()));
         }
-        let batch = crate::elementwise::broadcast_shape(&a.shape()[..na - 2], &b.shape()[..nb - 2]).ok_or_else(|| Error::mismatch("matmul (batch)", a.shape(), b.shape()))?;
+        let batch = crate::elementwise::broadcast_shape(&a.shape()[..na - 2], &b.shape()[..nb - 2])
+            .ok_or_else(|| Error::mismatch("matmul (batch)", a.shape(), b.shape()))?;
         let nbatch: usize = batch.iter().product();
         let mut ashape = batch.clone();
         ashape.extend([m, k]);
@@ -159,7 +160,9 @@ impl Tensor {
                 return Err(Error::mismatch("conv2d (bias)", b.shape(), &[geom.c_out]));
             }
         }
-        let (oh, ow) = geom.out_hw().ok_or_else(|| Error::bad_shape("conv2d", x.shape(), format!("kernel {:?} larger than the padded input", w.shape())))?;
+        let (oh, ow) = geom
+            .out_hw()
+            .ok_or_else(|| Error::bad_shape("conv2d", x.shape(), format!("kernel {:?} larger than the padded input", w.shape())))?;
         let s = float_dispatch!("conv2d", x.dtype(), T => {
             let mut y = vec![T::zero(); geom.n * geom.c_out * oh * ow];
             x.with_data(|xd: &[T]| w.with_data(|wd: &[T]| -> Result<()> {
@@ -227,7 +230,9 @@ impl Tensor {
     pub fn max_pool2d_with_indices(&self, a: Pool2dArgs) -> Result<(Tensor, Tensor)> {
         let (x, added) = as_4d(self, "max_pool2d")?;
         let g = pool_geom(&x, a, "max_pool2d")?;
-        let (oh, ow) = g.out_hw().ok_or_else(|| Error::bad_shape("max_pool2d", x.shape(), format!("kernel {:?} larger than the padded input", a.kernel)))?;
+        let (oh, ow) = g
+            .out_hw()
+            .ok_or_else(|| Error::bad_shape("max_pool2d", x.shape(), format!("kernel {:?} larger than the padded input", a.kernel)))?;
         let (n, c) = (x.shape()[0], x.shape()[1]);
         let mut idx = vec![0i64; n * c * oh * ow];
         let s = float_dispatch!("max_pool2d", x.dtype(), T => {
@@ -317,7 +322,16 @@ impl Tensor {
     /// `F.batch_norm` over (N, C, *). In training, normalises with batch statistics and updates
     /// the running ones in place (unbiased variance, as PyTorch); in eval, uses the running ones.
     #[allow(clippy::too_many_arguments)]
-    pub fn batch_norm(&self, running_mean: Option<&Tensor>, running_var: Option<&Tensor>, weight: Option<&Tensor>, bias: Option<&Tensor>, training: bool, momentum: f64, eps: f64) -> Result<Tensor> {
+    pub fn batch_norm(
+        &self,
+        running_mean: Option<&Tensor>,
+        running_var: Option<&Tensor>,
+        weight: Option<&Tensor>,
+        bias: Option<&Tensor>,
+        training: bool,
+        momentum: f64,
+        eps: f64,
+    ) -> Result<Tensor> {
         if self.ndim() < 2 {
             return Err(Error::bad_shape("batch_norm", self.shape(), "expects (N, C, ...)"));
         }
@@ -369,7 +383,18 @@ impl Tensor {
             });
             (mean, invstd, T::into_storage(y))
         });
-        Ok(Tensor::from_op(s, self.shape(), Op::BatchNorm { x: self.clone(), w: weight.cloned(), b: bias.cloned(), mean: Arc::new(mean), invstd: Arc::new(invstd), training }))
+        Ok(Tensor::from_op(
+            s,
+            self.shape(),
+            Op::BatchNorm {
+                x: self.clone(),
+                w: weight.cloned(),
+                b: bias.cloned(),
+                mean: Arc::new(mean),
+                invstd: Arc::new(invstd),
+                training,
+            },
+        ))
     }
 
     fn softmax_impl(&self, dim: isize, log: bool) -> Result<Tensor> {
@@ -508,5 +533,14 @@ fn pool_geom(x: &Tensor, a: Pool2dArgs, op: &'static str) -> Result<PoolGeom> {
     if a.padding.0 * 2 > kh || a.padding.1 * 2 > kw {
         return Err(Error::invalid(op, format!("padding {:?} should be at most half of the kernel {:?}", a.padding, a.kernel)));
     }
-    Ok(PoolGeom { h: x.shape()[2], w: x.shape()[3], kh, kw, stride: a.stride, padding: a.padding, dilation: a.dilation, ceil_mode: a.ceil_mode })
+    Ok(PoolGeom {
+        h: x.shape()[2],
+        w: x.shape()[3],
+        kh,
+        kw,
+        stride: a.stride,
+        padding: a.padding,
+        dilation: a.dilation,
+        ceil_mode: a.ceil_mode,
+    })
 }

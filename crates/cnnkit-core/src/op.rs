@@ -23,7 +23,11 @@ pub enum UnaryOp {
     Relu,
     LeakyRelu(f64),
     /// PyTorch's ELU family: scale·(x > 0 ? x : alpha·(exp(x·input_scale) − 1)); SELU is one.
-    Elu { alpha: f64, scale: f64, input_scale: f64 },
+    Elu {
+        alpha: f64,
+        scale: f64,
+        input_scale: f64,
+    },
     /// Exact GELU, x·Φ(x).
     Gelu,
     /// GELU with the tanh approximation.
@@ -34,7 +38,10 @@ pub enum UnaryOp {
     Hardsigmoid,
     /// Clamp with the zero-gradient boundary of nn.Hardtanh / ReLU6.
     Hardtanh(f64, f64),
-    Softplus { beta: f64, threshold: f64 },
+    Softplus {
+        beta: f64,
+        threshold: f64,
+    },
     AddScalar(f64),
     MulScalar(f64),
     PowScalar(f64),
@@ -64,49 +71,148 @@ pub trait CustomOp: Send + Sync {
 
 /// How a tensor was computed. Shapes are those of the op's inputs; the output is the node.
 pub enum Op {
-    Unary { x: Tensor, op: UnaryOp },
-    Binary { a: Tensor, b: Tensor, op: BinaryOp },
+    Unary {
+        x: Tensor,
+        op: UnaryOp,
+    },
+    Binary {
+        a: Tensor,
+        b: Tensor,
+        op: BinaryOp,
+    },
     /// clamp(x, min, max); gradient passes where min ≤ x ≤ max.
-    Clamp { x: Tensor, min: Option<f64>, max: Option<f64> },
+    Clamp {
+        x: Tensor,
+        min: Option<f64>,
+        max: Option<f64>,
+    },
     /// where(cond, a, b); cond is a u8 mask and gets no gradient.
-    Where { cond: Tensor, a: Tensor, b: Tensor },
+    Where {
+        cond: Tensor,
+        a: Tensor,
+        b: Tensor,
+    },
     /// Float dtype conversion.
-    Cast { x: Tensor },
+    Cast {
+        x: Tensor,
+    },
     /// Sum over `dims`, keeping them as size 1.
-    Sum { x: Tensor, dims: Vec<usize> },
+    Sum {
+        x: Tensor,
+        dims: Vec<usize>,
+    },
     /// max/min along `dim` (kept as size 1); idx holds the winners, shape of the output.
-    SelectDim { x: Tensor, dim: usize, idx: Tensor },
-    Reshape { x: Tensor },
-    Permute { x: Tensor, perm: Vec<usize> },
-    Expand { x: Tensor },
-    Narrow { x: Tensor, dim: usize, start: usize },
-    Copy { x: Tensor },
-    Cat { xs: Vec<Tensor>, dim: usize },
-    IndexSelect { x: Tensor, dim: usize, idx: Tensor },
-    Gather { x: Tensor, dim: usize, idx: Tensor },
+    SelectDim {
+        x: Tensor,
+        dim: usize,
+        idx: Tensor,
+    },
+    Reshape {
+        x: Tensor,
+    },
+    Permute {
+        x: Tensor,
+        perm: Vec<usize>,
+    },
+    Expand {
+        x: Tensor,
+    },
+    Narrow {
+        x: Tensor,
+        dim: usize,
+        start: usize,
+    },
+    Copy {
+        x: Tensor,
+    },
+    Cat {
+        xs: Vec<Tensor>,
+        dim: usize,
+    },
+    IndexSelect {
+        x: Tensor,
+        dim: usize,
+        idx: Tensor,
+    },
+    Gather {
+        x: Tensor,
+        dim: usize,
+        idx: Tensor,
+    },
     /// scatter (add=false) or scatter_add (add=true) of src into x along dim.
-    Scatter { x: Tensor, dim: usize, idx: Tensor, src: Tensor, add: bool },
+    Scatter {
+        x: Tensor,
+        dim: usize,
+        idx: Tensor,
+        src: Tensor,
+        add: bool,
+    },
     /// Per (H, W) plane, output pixel j takes input pixel map[j] (−1: a constant).
     /// Padding in every mode and nearest upsampling are this op.
-    PlaneMap { x: Tensor, map: Arc<Vec<i64>> },
+    PlaneMap {
+        x: Tensor,
+        map: Arc<Vec<i64>>,
+    },
     /// a (…, m, k) @ b (…, k, n) with broadcast batch dims.
-    MatMul { a: Tensor, b: Tensor },
-    Conv2d { x: Tensor, w: Tensor, b: Option<Tensor>, geom: ConvGeom },
+    MatMul {
+        a: Tensor,
+        b: Tensor,
+    },
+    Conv2d {
+        x: Tensor,
+        w: Tensor,
+        b: Option<Tensor>,
+        geom: ConvGeom,
+    },
     /// Transposed convolution: the adjoint of the convolution described by `geom`,
     /// whose input is this op's output. x: (N, C_in, H, W); w: (C_in, C_out/G, KH, KW).
-    ConvTranspose2d { x: Tensor, w: Tensor, b: Option<Tensor>, geom: ConvGeom },
+    ConvTranspose2d {
+        x: Tensor,
+        w: Tensor,
+        b: Option<Tensor>,
+        geom: ConvGeom,
+    },
     /// Max pooling (plain or adaptive): output j of each plane came from input idx[j].
-    MaxPool { x: Tensor, idx: Arc<Vec<i64>> },
+    MaxPool {
+        x: Tensor,
+        idx: Arc<Vec<i64>>,
+    },
     /// MaxUnpool2d: input j of each plane goes to output idx[j].
-    MaxUnpool { x: Tensor, idx: Tensor },
-    AvgPool2d { x: Tensor, geom: PoolGeom, count_include_pad: bool },
-    AdaptiveAvgPool2d { x: Tensor },
+    MaxUnpool {
+        x: Tensor,
+        idx: Tensor,
+    },
+    AvgPool2d {
+        x: Tensor,
+        geom: PoolGeom,
+        count_include_pad: bool,
+    },
+    AdaptiveAvgPool2d {
+        x: Tensor,
+    },
     /// Batch normalisation over (N, C, *): per-channel mean and 1/std used, affine optional.
-    BatchNorm { x: Tensor, w: Option<Tensor>, b: Option<Tensor>, mean: Arc<Vec<f64>>, invstd: Arc<Vec<f64>>, training: bool },
-    Softmax { x: Tensor, dim: usize, log: bool },
+    BatchNorm {
+        x: Tensor,
+        w: Option<Tensor>,
+        b: Option<Tensor>,
+        mean: Arc<Vec<f64>>,
+        invstd: Arc<Vec<f64>>,
+        training: bool,
+    },
+    Softmax {
+        x: Tensor,
+        dim: usize,
+        log: bool,
+    },
     /// Bilinear resize of the last two dims.
-    Bilinear { x: Tensor, align_corners: bool },
-    Custom { f: Arc<dyn CustomOp>, inputs: Vec<Tensor> },
+    Bilinear {
+        x: Tensor,
+        align_corners: bool,
+    },
+    Custom {
+        f: Arc<dyn CustomOp>,
+        inputs: Vec<Tensor>,
+    },
 }
 
 impl Op {

@@ -154,4 +154,3 @@ impl Tensor {
         Ok(self.to_f64_vec()?.iter().filter(|&&v| v != 0.0).count())
     }
 }
-

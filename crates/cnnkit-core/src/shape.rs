@@ -64,7 +64,11 @@ impl Tensor {
             return Err(Error::bad_shape("permute", self.shape(), format!("bad permutation {perm:?}")));
         }
         let l = self.layout();
-        let layout = Layout { shape: perm.iter().map(|&p| l.shape[p]).collect(), strides: perm.iter().map(|&p| l.strides[p]).collect(), offset: l.offset };
+        let layout = Layout {
+            shape: perm.iter().map(|&p| l.shape[p]).collect(),
+            strides: perm.iter().map(|&p| l.strides[p]).collect(),
+            offset: l.offset,
+        };
         Ok(self.view_op(layout, Op::Permute { x: self.clone(), perm: perm.to_vec() }))
     }
 
@@ -174,7 +178,10 @@ impl Tensor {
         let first = xs.first().ok_or_else(|| Error::invalid("cat", "no tensors"))?;
         let d = first.norm_dim(dim, "cat")?;
         for x in xs {
-            if x.dtype() != first.dtype() || x.ndim() != first.ndim() || x.shape().iter().enumerate().any(|(i, &s)| i != d && s != first.shape()[i]) {
+            if x.dtype() != first.dtype()
+                || x.ndim() != first.ndim()
+                || x.shape().iter().enumerate().any(|(i, &s)| i != d && s != first.shape()[i])
+            {
                 return Err(Error::mismatch("cat", first.shape(), x.shape()));
             }
         }
@@ -368,7 +375,13 @@ pub(crate) fn index_values(idx: &Tensor, op: &'static str, bound: usize) -> Resu
     }
     idx.to_vec::<i64>()?
         .into_iter()
-        .map(|i| if i >= 0 && (i as usize) < bound { Ok(i as usize) } else { Err(Error::invalid(op, format!("index {i} out of range for size {bound}"))) })
+        .map(|i| {
+            if i >= 0 && (i as usize) < bound {
+                Ok(i as usize)
+            } else {
+                Err(Error::invalid(op, format!("index {i} out of range for size {bound}")))
+            }
+        })
         .collect()
 }
 

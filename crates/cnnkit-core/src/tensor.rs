@@ -321,7 +321,13 @@ impl std::fmt::Display for Tensor {
         };
         let float = self.dtype().is_float();
         let fmt_v = |v: f64| if float { format!("{v:.4}") } else { format!("{v}") };
-        fn rec(f: &mut std::fmt::Formatter<'_>, vals: &[f64], shape: &[usize], depth: usize, fmt_v: &dyn Fn(f64) -> String) -> std::fmt::Result {
+        fn rec(
+            f: &mut std::fmt::Formatter<'_>,
+            vals: &[f64],
+            shape: &[usize],
+            depth: usize,
+            fmt_v: &dyn Fn(f64) -> String,
+        ) -> std::fmt::Result {
             if shape.is_empty() {
                 return write!(f, "{}", fmt_v(vals[0]));
             }

@@ -145,7 +145,11 @@ fn convolutions() {
         check("conv2d padding_mode", |t| t[0].conv2d_padded(&t[1], None, a, mode), &[r(&[1, 2, 4, 5], 60), r(&[3, 2, 3, 3], 61)]);
     }
     let a = Conv2dArgs { stride: (2, 2), padding: (1, 0), dilation: (1, 1), groups: 2 };
-    check("conv_transpose2d", |t| t[0].conv_transpose2d(&t[1], Some(&t[2]), a, (1, 0)), &[r(&[2, 4, 3, 3], 62), r(&[4, 3, 3, 2], 63), r(&[6], 64)]);
+    check(
+        "conv_transpose2d",
+        |t| t[0].conv_transpose2d(&t[1], Some(&t[2]), a, (1, 0)),
+        &[r(&[2, 4, 3, 3], 62), r(&[4, 3, 3, 2], 63), r(&[6], 64)],
+    );
     let a = Conv2dArgs { stride: (1, 2), padding: (0, 1), dilation: (2, 1), groups: 1 };
     check("conv_transpose2d dilated", |t| t[0].conv_transpose2d(&t[1], None, a, (0, 1)), &[r(&[1, 2, 4, 3], 65), r(&[2, 3, 2, 3], 66)]);
 }
@@ -163,10 +167,14 @@ fn pooling_and_resampling() {
     check("adaptive_avg", |t| t[0].adaptive_avg_pool2d((3, 4)), &[x.clone()]);
     check("adaptive_max", |t| Ok(t[0].adaptive_max_pool2d_with_indices((3, 2))?.0), &[x.clone()]);
     let p = Pool2dArgs::new(2);
-    check("max_unpool", |t| {
-        let (y, i) = t[0].max_pool2d_with_indices(p)?;
-        y.mul_scalar(2.0)?.max_unpool2d(&i, (7, 6))
-    }, &[x.clone()]);
+    check(
+        "max_unpool",
+        |t| {
+            let (y, i) = t[0].max_pool2d_with_indices(p)?;
+            y.mul_scalar(2.0)?.max_unpool2d(&i, (7, 6))
+        },
+        &[x.clone()],
+    );
     check("nearest", |t| t[0].upsample_nearest2d(11, 9), &[x.clone()]);
     for ac in [true, false] {
         check("bilinear", |t| t[0].upsample_bilinear2d(10, 13, ac), &[x.clone()]);

@@ -43,7 +43,10 @@ impl Drop for HookHandle {
 }
 
 /// Registers `f` to run after every forward of `module`.
-pub fn register_forward_hook<M: Module + ?Sized>(module: &M, f: impl Fn(&Tensor, &Tensor) -> Option<Tensor> + Send + Sync + 'static) -> HookHandle {
+pub fn register_forward_hook<M: Module + ?Sized>(
+    module: &M,
+    f: impl Fn(&Tensor, &Tensor) -> Option<Tensor> + Send + Sync + 'static,
+) -> HookHandle {
     let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
     let mut h = HOOKS.write().unwrap_or_else(|p| p.into_inner());
     h.push(Entry { id, key: hook_key(module), f: Arc::new(f) });
@@ -52,7 +55,11 @@ pub fn register_forward_hook<M: Module + ?Sized>(module: &M, f: impl Fn(&Tensor,
 }
 
 /// Registers a hook on the submodule at dotted `path` ("layer4", "features.28").
-pub fn register_forward_hook_at<M: Module + Sized>(model: &M, path: &str, f: impl Fn(&Tensor, &Tensor) -> Option<Tensor> + Send + Sync + 'static) -> Result<HookHandle> {
+pub fn register_forward_hook_at<M: Module + Sized>(
+    model: &M,
+    path: &str,
+    f: impl Fn(&Tensor, &Tensor) -> Option<Tensor> + Send + Sync + 'static,
+) -> Result<HookHandle> {
     let m = model.get_submodule(path).ok_or_else(|| Error::invalid("register_forward_hook", format!("no submodule named '{path}'")))?;
     Ok(register_forward_hook(m, f))
 }

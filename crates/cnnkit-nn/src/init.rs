@@ -118,7 +118,7 @@ pub fn orthogonal_with(t: &Tensor, gain: f64, g: &mut Generator) -> Result<()> {
     // Work on the tall orientation (m ≥ n), then transpose back.
     let (m, n) = if rows < cols { (cols, rows) } else { (rows, cols) };
     let mut a: Vec<f64> = (0..m * n).map(|_| g.normal()).collect(); // (m, n) row-major
-    // Modified Gram–Schmidt on the columns; sign-fix like torch (q *= sign(diag(r))).
+                                                                    // Modified Gram–Schmidt on the columns; sign-fix like torch (q *= sign(diag(r))).
     for j in 0..n {
         for k in 0..j {
             let dot: f64 = (0..m).map(|i| a[i * n + j] * a[i * n + k]).sum();

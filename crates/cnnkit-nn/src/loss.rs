@@ -195,7 +195,13 @@ pub fn binary_cross_entropy(p: &Tensor, y: &Tensor, weight: Option<&Tensor>, red
 
 /// `F.binary_cross_entropy_with_logits`: the numerically stable sigmoid + BCE.
 /// x, y: same shape; weight and pos_weight (per class, last dim) broadcast.
-pub fn binary_cross_entropy_with_logits(x: &Tensor, y: &Tensor, weight: Option<&Tensor>, pos_weight: Option<&Tensor>, reduction: Reduction) -> Result<Tensor> {
+pub fn binary_cross_entropy_with_logits(
+    x: &Tensor,
+    y: &Tensor,
+    weight: Option<&Tensor>,
+    pos_weight: Option<&Tensor>,
+    reduction: Reduction,
+) -> Result<Tensor> {
     same_shape("binary_cross_entropy_with_logits", x, y)?;
     // loss = (1 − y)·x + (1 + (pw − 1)·y)·softplus(−x)
     let sp = x.neg()?.softplus(1.0, 20.0)?;

@@ -55,13 +55,21 @@ impl std::fmt::Display for LoadReport {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let mut parts = Vec::new();
         if !self.missing_keys.is_empty() {
-            parts.push(format!("Missing key(s) in state_dict: {}.", self.missing_keys.iter().map(|k| format!("\"{k}\"")).collect::<Vec<_>>().join(", ")));
+            parts.push(format!(
+                "Missing key(s) in state_dict: {}.",
+                self.missing_keys.iter().map(|k| format!("\"{k}\"")).collect::<Vec<_>>().join(", ")
+            ));
         }
         if !self.unexpected_keys.is_empty() {
-            parts.push(format!("Unexpected key(s) in state_dict: {}.", self.unexpected_keys.iter().map(|k| format!("\"{k}\"")).collect::<Vec<_>>().join(", ")));
+            parts.push(format!(
+                "Unexpected key(s) in state_dict: {}.",
+                self.unexpected_keys.iter().map(|k| format!("\"{k}\"")).collect::<Vec<_>>().join(", ")
+            ));
         }
         for (k, want, got) in &self.mismatched {
-            parts.push(format!("size mismatch for {k}: copying a param with shape {got:?} from checkpoint, the shape in current model is {want:?}."));
+            parts.push(format!(
+                "size mismatch for {k}: copying a param with shape {got:?} from checkpoint, the shape in current model is {want:?}."
+            ));
         }
         write!(f, "{}", parts.join(" "))
     }

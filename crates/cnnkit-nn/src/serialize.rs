@@ -42,10 +42,14 @@ pub fn tensor_from_bytes(dtype: DType, shape: &[usize], b: &[u8]) -> Result<Tens
     }
     match dtype {
         DType::F32 => Tensor::from_vec(b.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect::<Vec<_>>(), shape),
-        DType::F64 => Tensor::from_vec(b.chunks_exact(8).map(|c| f64::from_le_bytes(c.try_into().unwrap_or([0; 8]))).collect::<Vec<_>>(), shape),
+        DType::F64 => {
+            Tensor::from_vec(b.chunks_exact(8).map(|c| f64::from_le_bytes(c.try_into().unwrap_or([0; 8]))).collect::<Vec<_>>(), shape)
+        }
         DType::F16 => Tensor::from_vec(b.chunks_exact(2).map(|c| half::f16::from_le_bytes([c[0], c[1]])).collect::<Vec<_>>(), shape),
         DType::BF16 => Tensor::from_vec(b.chunks_exact(2).map(|c| half::bf16::from_le_bytes([c[0], c[1]])).collect::<Vec<_>>(), shape),
-        DType::I64 => Tensor::from_vec(b.chunks_exact(8).map(|c| i64::from_le_bytes(c.try_into().unwrap_or([0; 8]))).collect::<Vec<_>>(), shape),
+        DType::I64 => {
+            Tensor::from_vec(b.chunks_exact(8).map(|c| i64::from_le_bytes(c.try_into().unwrap_or([0; 8]))).collect::<Vec<_>>(), shape)
+        }
         DType::U8 => Tensor::from_vec(b.to_vec(), shape),
     }
 }
@@ -75,14 +79,22 @@ pub fn parse_safetensors(bytes: &[u8]) -> std::result::Result<(BTreeMap<String, 
         let t = tensor_from_bytes(dtype, view.shape(), view.data()).map_err(|e| format!("tensor {name}: {e}"))?;
         out.insert(name, t);
     }
-    let meta = safetensors::SafeTensors::read_metadata(bytes).map_err(|e| e.to_string())?.1.metadata().clone().unwrap_or_default().into_iter().collect();
+    let meta = safetensors::SafeTensors::read_metadata(bytes)
+        .map_err(|e| e.to_string())?
+        .1
+        .metadata()
+        .clone()
+        .unwrap_or_default()
+        .into_iter()
+        .collect();
     Ok((out, meta))
 }
 
 /// Writes named tensors (plus string metadata) atomically: temp file, then rename.
 pub fn save_safetensors(path: impl AsRef<Path>, tensors: &BTreeMap<String, Tensor>, metadata: &BTreeMap<String, String>) -> Result<()> {
     let path = path.as_ref();
-    let bytes: Vec<(String, Vec<u8>, DType, Vec<usize>)> = tensors.iter().map(|(k, t)| Ok((k.clone(), tensor_bytes(t)?, t.dtype(), t.shape().to_vec()))).collect::<Result<_>>()?;
+    let bytes: Vec<(String, Vec<u8>, DType, Vec<usize>)> =
+        tensors.iter().map(|(k, t)| Ok((k.clone(), tensor_bytes(t)?, t.dtype(), t.shape().to_vec()))).collect::<Result<_>>()?;
     let views: Vec<(String, TensorView)> = bytes
         .iter()
         .map(|(k, b, d, s)| TensorView::new(st_dtype(*d), s.clone(), b).map(|v| (k.clone(), v)).map_err(|e| file_err(path, e)))

@@ -24,7 +24,12 @@ impl Module for Block {
 }
 
 fn block() -> Block {
-    Block { conv1: Conv2d::new(Conv2dConfig::new(3, 4, 3).padding(1).bias(false)).unwrap(), bn1: BatchNorm::new_2d(4).unwrap(), relu: ReLU::default(), fc: Linear::new(4, 2).unwrap() }
+    Block {
+        conv1: Conv2d::new(Conv2dConfig::new(3, 4, 3).padding(1).bias(false)).unwrap(),
+        bn1: BatchNorm::new_2d(4).unwrap(),
+        relu: ReLU::default(),
+        fc: Linear::new(4, 2).unwrap(),
+    }
 }
 
 #[test]

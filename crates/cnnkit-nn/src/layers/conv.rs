@@ -85,7 +85,10 @@ impl Conv2dConfig {
     fn validate(&self, op: &'static str) -> Result<()> {
         let c = self;
         if c.groups == 0 || c.in_channels % c.groups != 0 || c.out_channels % c.groups != 0 {
-            return Err(Error::invalid(op, format!("groups={} must divide in_channels={} and out_channels={}", c.groups, c.in_channels, c.out_channels)));
+            return Err(Error::invalid(
+                op,
+                format!("groups={} must divide in_channels={} and out_channels={}", c.groups, c.in_channels, c.out_channels),
+            ));
         }
         if c.kernel_size.0 == 0 || c.kernel_size.1 == 0 || c.stride.0 == 0 || c.stride.1 == 0 || c.dilation.0 == 0 || c.dilation.1 == 0 {
             return Err(Error::invalid(op, "kernel_size, stride and dilation must be positive"));
@@ -140,7 +143,13 @@ impl Conv2d {
 }
 
 /// Shared by Conv1d and Conv2d: pad explicitly when the mode or asymmetry requires it.
-fn conv_forward(c: &Conv2dConfig, x: &Tensor, w: &Tensor, b: Option<&Tensor>, args: impl Fn((usize, usize)) -> Conv2dArgs) -> Result<Tensor> {
+fn conv_forward(
+    c: &Conv2dConfig,
+    x: &Tensor,
+    w: &Tensor,
+    b: Option<&Tensor>,
+    args: impl Fn((usize, usize)) -> Conv2dArgs,
+) -> Result<Tensor> {
     let (t, bo, l, r) = c.pads();
     if t == bo && l == r && c.padding_mode == PadMode::Constant {
         return x.conv2d(w, b, args((t, l)));
@@ -226,7 +235,12 @@ impl Module for Conv1d {
         let x4 = if batched { x.unsqueeze(2)? } else { x.unsqueeze(1)? };
         let w4 = self.weight.unsqueeze(2)?;
         let c = &self.config;
-        let y = conv_forward(c, &x4, &w4, self.bias.as_ref(), |p| Conv2dArgs { stride: c.stride, padding: (0, p.1), dilation: c.dilation, groups: c.groups })?;
+        let y = conv_forward(c, &x4, &w4, self.bias.as_ref(), |p| Conv2dArgs {
+            stride: c.stride,
+            padding: (0, p.1),
+            dilation: c.dilation,
+            groups: c.groups,
+        })?;
         if batched {
             y.squeeze(2)
         } else {
@@ -261,7 +275,17 @@ pub struct ConvTranspose2dConfig {
 
 impl ConvTranspose2dConfig {
     pub fn new(in_channels: usize, out_channels: usize, kernel_size: usize) -> Self {
-        ConvTranspose2dConfig { in_channels, out_channels, kernel_size: (kernel_size, kernel_size), stride: (1, 1), padding: (0, 0), output_padding: (0, 0), groups: 1, bias: true, dilation: (1, 1) }
+        ConvTranspose2dConfig {
+            in_channels,
+            out_channels,
+            kernel_size: (kernel_size, kernel_size),
+            stride: (1, 1),
+            padding: (0, 0),
+            output_padding: (0, 0),
+            groups: 1,
+            bias: true,
+            dilation: (1, 1),
+        }
     }
     pub fn stride(mut self, s: usize) -> Self {
         self.stride = (s, s);
@@ -304,7 +328,10 @@ impl ConvTranspose2d {
     }
     pub fn new_with(c: ConvTranspose2dConfig, g: &mut Generator) -> Result<Self> {
         if c.groups == 0 || c.in_channels % c.groups != 0 || c.out_channels % c.groups != 0 {
-            return Err(Error::invalid("ConvTranspose2d", format!("groups={} must divide in_channels={} and out_channels={}", c.groups, c.in_channels, c.out_channels)));
+            return Err(Error::invalid(
+                "ConvTranspose2d",
+                format!("groups={} must divide in_channels={} and out_channels={}", c.groups, c.in_channels, c.out_channels),
+            ));
         }
         let weight = Tensor::zeros(&[c.in_channels, c.out_channels / c.groups, c.kernel_size.0, c.kernel_size.1], DType::F32);
         let bias = c.bias.then(|| Tensor::zeros(&[c.out_channels], DType::F32));
@@ -321,7 +348,12 @@ impl ConvTranspose2d {
 impl Module for ConvTranspose2d {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let c = &self.config;
-        x.conv_transpose2d(&self.weight, self.bias.as_ref(), Conv2dArgs { stride: c.stride, padding: c.padding, dilation: c.dilation, groups: c.groups }, c.output_padding)
+        x.conv_transpose2d(
+            &self.weight,
+            self.bias.as_ref(),
+            Conv2dArgs { stride: c.stride, padding: c.padding, dilation: c.dilation, groups: c.groups },
+            c.output_padding,
+        )
     }
     fn own_parameters(&self) -> Vec<(String, Tensor)> {
         let mut v = vec![("weight".to_string(), self.weight.clone())];

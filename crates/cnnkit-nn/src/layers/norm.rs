@@ -92,7 +92,11 @@ pub type BatchNorm1d = BatchNorm;
 impl Module for BatchNorm {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         if !self.ranks.contains(&x.ndim()) || x.shape()[1] != self.num_features {
-            return Err(Error::bad_shape(self.name, x.shape(), format!("expected {}-d input with {} channels", self.ranks[0], self.num_features)));
+            return Err(Error::bad_shape(
+                self.name,
+                x.shape(),
+                format!("expected {}-d input with {} channels", self.ranks[0], self.num_features),
+            ));
         }
         let training = self.is_training();
         let mut momentum = self.momentum.unwrap_or(0.0);
@@ -109,7 +113,15 @@ impl Module for BatchNorm {
         }
         // Batch statistics in training, or whenever there are no running ones (PyTorch).
         let use_batch = training || self.running_mean.is_none();
-        x.batch_norm(self.running_mean.as_ref(), self.running_var.as_ref(), self.weight.as_ref(), self.bias.as_ref(), use_batch, momentum, self.eps)
+        x.batch_norm(
+            self.running_mean.as_ref(),
+            self.running_var.as_ref(),
+            self.weight.as_ref(),
+            self.bias.as_ref(),
+            use_batch,
+            momentum,
+            self.eps,
+        )
     }
     fn own_parameters(&self) -> Vec<(String, Tensor)> {
         let mut v = Vec::new();
@@ -128,7 +140,15 @@ impl Module for BatchNorm {
         self.training.store(t, Ordering::Relaxed);
     }
     fn describe(&self) -> String {
-        format!("{}({}, eps={}, momentum={:?}, affine={}, track_running_stats={})", self.name, self.num_features, self.eps, self.momentum, self.weight.is_some(), self.running_mean.is_some())
+        format!(
+            "{}({}, eps={}, momentum={:?}, affine={}, track_running_stats={})",
+            self.name,
+            self.num_features,
+            self.eps,
+            self.momentum,
+            self.weight.is_some(),
+            self.running_mean.is_some()
+        )
     }
 }
 
@@ -182,7 +202,8 @@ impl Module for GroupNorm {
             return Err(Error::bad_shape("GroupNorm", x.shape(), format!("expected (N, {}, *)", self.num_channels)));
         }
         let n = x.shape()[0];
-        let y = normalize(&x.reshape(&[n, self.num_groups, x.numel() / (n * self.num_groups).max(1)])?, &[-1], self.eps)?.reshape(x.shape())?;
+        let y =
+            normalize(&x.reshape(&[n, self.num_groups, x.numel() / (n * self.num_groups).max(1)])?, &[-1], self.eps)?.reshape(x.shape())?;
         affine(y, self.weight.as_ref(), self.bias.as_ref(), x.ndim())
     }
     fn own_parameters(&self) -> Vec<(String, Tensor)> {
@@ -318,8 +339,12 @@ impl Module for InstanceNorm2d {
                     let v = d.var(&[2, 3], 0, false)?.mul_scalar(hw / (hw - 1.0).max(1.0))?;
                     let (m, v) = (m.mean(&[0], false)?.to_f64_vec()?, v.mean(&[0], false)?.to_f64_vec()?);
                     let mom = self.momentum;
-                    rm.update_data(|r: &mut [f32]| r.iter_mut().zip(&m).for_each(|(a, &b)| *a = ((1.0 - mom) * *a as f64 + mom * b) as f32))?;
-                    rv.update_data(|r: &mut [f32]| r.iter_mut().zip(&v).for_each(|(a, &b)| *a = ((1.0 - mom) * *a as f64 + mom * b) as f32))?;
+                    rm.update_data(|r: &mut [f32]| {
+                        r.iter_mut().zip(&m).for_each(|(a, &b)| *a = ((1.0 - mom) * *a as f64 + mom * b) as f32)
+                    })?;
+                    rv.update_data(|r: &mut [f32]| {
+                        r.iter_mut().zip(&v).for_each(|(a, &b)| *a = ((1.0 - mom) * *a as f64 + mom * b) as f32)
+                    })?;
                 }
                 normalize(&x4, &[2, 3], self.eps)?
             }

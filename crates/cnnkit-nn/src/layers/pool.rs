@@ -42,7 +42,10 @@ impl Module for MaxPool2d {
     }
     fn describe(&self) -> String {
         let a = &self.args;
-        format!("MaxPool2d(kernel_size={:?}, stride={:?}, padding={:?}, dilation={:?}, ceil_mode={})", a.kernel, a.stride, a.padding, a.dilation, a.ceil_mode)
+        format!(
+            "MaxPool2d(kernel_size={:?}, stride={:?}, padding={:?}, dilation={:?}, ceil_mode={})",
+            a.kernel, a.stride, a.padding, a.dilation, a.ceil_mode
+        )
     }
 }
 

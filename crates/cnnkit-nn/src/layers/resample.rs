@@ -33,7 +33,13 @@ impl Upsample {
 }
 
 /// `F.interpolate(x, size | scale_factor, mode, align_corners)`.
-pub fn interpolate(x: &Tensor, size: Option<(usize, usize)>, scale_factor: Option<(f64, f64)>, mode: UpsampleMode, align_corners: bool) -> Result<Tensor> {
+pub fn interpolate(
+    x: &Tensor,
+    size: Option<(usize, usize)>,
+    scale_factor: Option<(f64, f64)>,
+    mode: UpsampleMode,
+    align_corners: bool,
+) -> Result<Tensor> {
     if x.ndim() != 4 {
         return Err(Error::bad_shape("interpolate", x.shape(), "expects (N, C, H, W)"));
     }
