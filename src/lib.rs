@@ -14,6 +14,9 @@ pub use cnnkit_core as core;
 pub use cnnkit_kernels as kernels;
 pub use cnnkit_nn as nn;
 
+pub mod models;
+pub mod synthetic;
+
 /// Everything a training script needs in scope.
 pub mod prelude {
     pub use cnnkit_core::{manual_seed, no_grad, with_no_grad, Conv2dArgs, DType, Error, Generator, PadMode, Pool2dArgs, Result, Tensor};

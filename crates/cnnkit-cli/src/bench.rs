@@ -160,6 +160,52 @@ fn conv2d(b: ConvBench) -> Result<()> {
 }
 
 fn train_step(b: TrainStepBench) -> Result<()> {
-    let _ = (&b.model, b.batch_size, &b.common);
-    Err(cnnkit::core::Error::invalid("bench train-step", "not wired yet"))
+    use cnnkit::nn::loss::{cross_entropy, CrossEntropyOptions};
+    use cnnkit::nn::{Module, ModuleExt};
+    let threads = setup_threads(&b.common)?;
+    cnnkit::core::manual_seed(0);
+    let (model, shape): (Box<dyn Module>, [usize; 3]) = match b.model.as_str() {
+        "cifar-cnn" => (Box::new(cnnkit::models::CifarCnn::new(3, 32, 32, 10)?), [3, 32, 32]),
+        "simple-cnn" => (Box::new(cnnkit::models::SimpleCnn::new(1, 28, 28, 10)?), [1, 28, 28]),
+        other => return Err(cnnkit::core::Error::invalid("bench train-step", format!("unknown model '{other}' (cifar-cnn, simple-cnn)"))),
+    };
+    let mut g = Generator::new(1);
+    let x = Tensor::randn_with(&[b.batch_size, shape[0], shape[1], shape[2]], DType::F32, &mut g);
+    let y = Tensor::from_vec((0..b.batch_size as i64).map(|i| i % 10).collect::<Vec<_>>(), &[b.batch_size])?;
+    let params = model.parameters();
+    let mut velocity: Vec<Vec<f32>> = params.iter().map(|p| vec![0.0; p.numel()]).collect();
+    let opts = CrossEntropyOptions::default();
+    let (med, _) = median_ms(2, b.common.iters, || {
+        model.zero_grad();
+        let loss = cross_entropy(&model.forward(&x)?, &y, &opts)?;
+        loss.backward()?;
+        // SGD, lr 0.01, momentum 0.9 (torch.optim.SGD's update rule).
+        for (p, v) in params.iter().zip(velocity.iter_mut()) {
+            if let Some(gr) = p.grad() {
+                let gv = gr.to_vec::<f32>()?;
+                p.update_data(|d: &mut [f32]| {
+                    for ((w, vb), gg) in d.iter_mut().zip(v.iter_mut()).zip(&gv) {
+                        *vb = 0.9 * *vb + gg;
+                        *w -= 0.01 * *vb;
+                    }
+                })?;
+            }
+        }
+        Ok(())
+    })?;
+    eprintln!(
+        "train-step {} batch {}: median {:.2} ms/step, {:.0} images/s ({} threads)",
+        b.model,
+        b.batch_size,
+        med,
+        b.batch_size as f64 / (med / 1e3),
+        threads
+    );
+    if b.common.json {
+        println!(
+            "{}",
+            json!({"bench": "train-step", "model": b.model, "batch_size": b.batch_size, "threads": threads, "iters": b.common.iters, "median_ms": med, "images_per_second": b.batch_size as f64 / (med / 1e3)})
+        );
+    }
+    Ok(())
 }

@@ -3,7 +3,7 @@
 //! Backward runs with grad recording off (no higher-order gradients).
 
 use crate::dtype::{Elem, FloatElem};
-use crate::op::Op;
+use crate::op::{BinaryOp, Op};
 use crate::tensor::TensorId;
 use crate::{float_dispatch, grad_mode, Error, Result, Tensor};
 use cnnkit_kernels::{conv, pool};
@@ -98,10 +98,20 @@ fn input_grads(op: &Op, y: &Tensor, g: &Tensor) -> Result<Vec<(Tensor, Tensor)>>
     match op {
         Op::Unary { x, op } => {
             let gx = float_dispatch!("backward", x.dtype(), T => {
-                let (xv, yv, gv) = (x.to_vec::<T>()?, y.to_vec::<T>()?, g.to_vec::<T>()?);
-                vec_t(xv.iter().zip(&yv).zip(&gv).map(|((&a, &b), &c)| c * op.derivative(a, b)).collect(), x.shape())?
+                let v = x.with_data(|xv: &[T]| y.with_data(|yv: &[T]| g.with_data(|gv: &[T]| crate::elementwise::unary_grad_kernel(*op, xv, yv, gv))))???;
+                vec_t(v, x.shape())?
             });
             out.push((x.clone(), gx));
+        }
+        Op::Binary { a, b, op: op @ (BinaryOp::Add | BinaryOp::Sub) } => {
+            // No partials needed: the gradient is g (or −g), summed over broadcast dims.
+            if need(a) {
+                out.push((a.clone(), g.sum_to(a.shape())?));
+            }
+            if need(b) {
+                let gb = if *op == BinaryOp::Sub { g.neg()? } else { g.clone() };
+                out.push((b.clone(), gb.sum_to(b.shape())?));
+            }
         }
         Op::Binary { a, b, op } => {
             let shape = y.shape().to_vec();
@@ -219,24 +229,24 @@ fn input_grads(op: &Op, y: &Tensor, g: &Tensor) -> Result<Vec<(Tensor, Tensor)>>
                 out.push((b.clone(), a.detach().transpose(-1, -2)?.matmul(g)?.sum_to(b.shape())?));
             }
         }
-        Op::Conv2d { x, w, b, geom } => float_dispatch!("backward", x.dtype(), T => {
-            let gv = g.to_vec::<T>()?;
+        Op::Conv2d { x, w, b, geom } => float_dispatch!("backward", x.dtype(), T => g.with_data(|gv: &[T]| -> Result<()> {
             if need(x) {
                 let mut gx = vec![T::zero(); x.numel()];
-                w.with_data(|wd: &[T]| conv::conv2d_backward_input(geom, &gv, wd, &mut gx))?;
+                w.with_data(|wd: &[T]| conv::conv2d_backward_input(geom, gv, wd, &mut gx))?;
                 out.push((x.clone(), vec_t(gx, x.shape())?));
             }
             if need(w) {
                 let mut gw = vec![T::zero(); w.numel()];
-                x.with_data(|xd: &[T]| conv::conv2d_backward_weight(geom, xd, &gv, &mut gw))?;
+                x.with_data(|xd: &[T]| conv::conv2d_backward_weight(geom, xd, gv, &mut gw))?;
                 out.push((w.clone(), vec_t(gw, w.shape())?));
             }
             if let Some(b) = b.as_ref().filter(|b| need(b)) {
                 let mut gb = vec![T::zero(); geom.c_out];
-                conv::conv2d_backward_bias(geom, &gv, &mut gb);
+                conv::conv2d_backward_bias(geom, gv, &mut gb);
                 out.push((b.clone(), vec_t(gb, b.shape())?));
             }
-        }),
+            Ok(())
+        })??),
         Op::ConvTranspose2d { x, w, b, geom } => float_dispatch!("backward", x.dtype(), T => {
             let gv = g.to_vec::<T>()?;
             if need(x) {

@@ -35,6 +35,42 @@ fn std_normal_cdf(x: f64) -> f64 {
 
 const SQRT_2_OVER_PI: f64 = 0.797_884_560_802_865_4;
 
+/// y = f(x) over a slice. The hottest ops get loops of their own so they vectorise; the
+/// rest go through [`UnaryOp::apply`], whose `match` is too large to inline per element.
+pub(crate) fn unary_kernel<T: FloatElem>(op: UnaryOp, d: &[T]) -> Vec<T> {
+    let zero = T::zero();
+    match op {
+        UnaryOp::Relu => map_vec(d, move |v| if v > zero || v.is_nan() { v } else { zero }),
+        UnaryOp::AddScalar(c) => {
+            let c = T::of_f64(c);
+            map_vec(d, move |v| v + c)
+        }
+        UnaryOp::MulScalar(c) => {
+            let c = T::of_f64(c);
+            map_vec(d, move |v| v * c)
+        }
+        UnaryOp::Neg => map_vec(d, |v| -v),
+        _ => map_vec(d, |v| op.apply(v)),
+    }
+}
+
+/// g·f'(x) over slices (x: input, y: output, g: output gradient), with the same fast paths.
+pub(crate) fn unary_grad_kernel<T: FloatElem>(op: UnaryOp, x: &[T], y: &[T], g: &[T]) -> Vec<T> {
+    let zero = T::zero();
+    match op {
+        UnaryOp::Relu => zip_vec(x, g, move |a, gg| if a > zero { gg } else { zero }),
+        UnaryOp::AddScalar(_) => g.to_vec(),
+        UnaryOp::MulScalar(c) => {
+            let c = T::of_f64(c);
+            map_vec(g, move |gg| gg * c)
+        }
+        UnaryOp::Neg => map_vec(g, |gg| -gg),
+        UnaryOp::Tanh => zip_vec(y, g, |b, gg| gg * (T::one() - b * b)),
+        UnaryOp::Sigmoid => zip_vec(y, g, |b, gg| gg * b * (T::one() - b)),
+        _ => x.iter().zip(y).zip(g).map(|((&a, &b), &gg)| gg * op.derivative(a, b)).collect(),
+    }
+}
+
 impl UnaryOp {
     /// y = f(x).
     pub fn apply<T: FloatElem>(self, x: T) -> T {
@@ -320,7 +356,7 @@ pub fn broadcast_shape(a: &[usize], b: &[usize]) -> Option<Vec<usize>> {
 impl Tensor {
     /// Applies an elementwise function, recording it for backward.
     pub fn unary(&self, op: UnaryOp) -> Result<Tensor> {
-        let s = float_dispatch!("unary", self.dtype(), T => T::into_storage(self.with_data(|d: &[T]| map_vec(d, |v| op.apply(v)))?));
+        let s = float_dispatch!("unary", self.dtype(), T => T::into_storage(self.with_data(|d: &[T]| unary_kernel(op, d))?));
         Ok(Tensor::from_op(s, self.shape(), Op::Unary { x: self.clone(), op }))
     }
 

@@ -163,6 +163,14 @@ impl Tensor {
     pub fn norm_dim(&self, dim: isize, op: &'static str) -> Result<usize> {
         norm_dim(dim, self.ndim(), op)
     }
+    /// True when this tensor is the only user of its whole, row-major storage.
+    pub(crate) fn owns_storage(&self) -> bool {
+        let l = &self.0.layout;
+        Arc::strong_count(&self.0.storage) == 1
+            && l.offset == 0
+            && l.is_contiguous()
+            && self.read_storage().map(|s| s.len() == l.numel()).unwrap_or(false)
+    }
     /// True when both tensors view the same storage.
     pub fn same_storage(&self, other: &Tensor) -> bool {
         Arc::ptr_eq(&self.0.storage, &other.0.storage)
@@ -282,6 +290,10 @@ impl Tensor {
         let mut slot = self.0.grad.lock().map_err(lock_err)?;
         let new = match slot.take() {
             Some(old) => old.add(g)?,
+            // A fresh gradient that owns all of its storage is kept as is; one that shares
+            // storage (a view, or the same tensor routed to two inputs) is copied, because
+            // gradients may later be modified in place (clip_grad_norm_).
+            None if g.owns_storage() => g.clone(),
             None => g.contiguous_copy()?,
         };
         *slot = Some(new);

@@ -120,6 +120,16 @@ pub fn col2im<T: Float>(g: &ConvGeom, cols: &[T], x: &mut [T]) {
                     let dst = &mut plane[iy as usize * g.w..(iy as usize + 1) * g.w];
                     let srow = &src[oy * ow..(oy + 1) * ow];
                     let off = (kj * dw) as isize - pw as isize;
+                    if sw == 1 {
+                        // Contiguous run, as in im2col: a vectorisable slice add.
+                        let lo = (-off).clamp(0, ow as isize) as usize;
+                        let hi = (g.w as isize - off).clamp(0, ow as isize) as usize;
+                        if hi > lo {
+                            let d0 = (lo as isize + off) as usize;
+                            dst[d0..d0 + hi - lo].iter_mut().zip(&srow[lo..hi]).for_each(|(d, &v)| *d += v);
+                        }
+                        continue;
+                    }
                     for (ox, &v) in srow.iter().enumerate() {
                         let ix = (ox * sw) as isize + off;
                         if ix >= 0 && ix < g.w as isize {
@@ -154,19 +164,20 @@ pub fn conv2d_forward<T: Float>(g: &ConvGeom, x: &[T], w: &[T], b: Option<&[T]>,
     let x_img = g.c_in * g.h * g.w;
     let x_grp = (g.c_in / g.groups) * g.h * g.w;
     over_batch(g.n, y, g.c_out * p, |i, yi, par| {
-        let mut cols = if g.is_pointwise() { Vec::new() } else { vec![T::zero(); kr * p] };
-        for grp in 0..g.groups {
-            let xg = &x[i * x_img + grp * x_grp..i * x_img + (grp + 1) * x_grp];
-            let colm: &[T] = if g.is_pointwise() {
-                xg
-            } else {
-                im2col(g, xg, &mut cols);
-                &cols
-            };
-            let wg = MatRef::row_major(&w[grp * cog * kr..(grp + 1) * cog * kr], cog, kr);
-            let out = &mut yi[grp * cog * p..(grp + 1) * cog * p];
-            gemm(wg, MatRef::row_major(colm, kr, p), out, false, par);
-        }
+        T::with_scratch(if g.is_pointwise() { 0 } else { kr * p }, |cols| {
+            for grp in 0..g.groups {
+                let xg = &x[i * x_img + grp * x_grp..i * x_img + (grp + 1) * x_grp];
+                let colm: &[T] = if g.is_pointwise() {
+                    xg
+                } else {
+                    im2col(g, xg, cols);
+                    cols
+                };
+                let wg = MatRef::row_major(&w[grp * cog * kr..(grp + 1) * cog * kr], cog, kr);
+                let out = &mut yi[grp * cog * p..(grp + 1) * cog * p];
+                gemm(wg, MatRef::row_major(colm, kr, p), out, false, par);
+            }
+        });
         if let Some(b) = b {
             for (co, row) in yi.chunks_mut(p).enumerate() {
                 row.iter_mut().for_each(|v| *v += b[co]);
@@ -184,18 +195,19 @@ pub fn conv2d_backward_input<T: Float>(g: &ConvGeom, gy: &[T], w: &[T], gx: &mut
     let x_grp = (g.c_in / g.groups) * g.h * g.w;
     over_batch(g.n, gx, g.c_in * g.h * g.w, |i, gxi, par| {
         gxi.iter_mut().for_each(|v| *v = T::zero());
-        let mut cols = vec![T::zero(); kr * p];
-        for grp in 0..g.groups {
-            let gyg = &gy[(i * g.c_out + grp * cog) * p..(i * g.c_out + (grp + 1) * cog) * p];
-            let wg = MatRef::row_major(&w[grp * cog * kr..(grp + 1) * cog * kr], cog, kr);
-            let dst = &mut gxi[grp * x_grp..(grp + 1) * x_grp];
-            if g.is_pointwise() {
-                gemm(wg.t(), MatRef::row_major(gyg, cog, p), dst, false, par);
-            } else {
-                gemm(wg.t(), MatRef::row_major(gyg, cog, p), &mut cols, false, par);
-                col2im(g, &cols, dst);
+        T::with_scratch(kr * p, |cols| {
+            for grp in 0..g.groups {
+                let gyg = &gy[(i * g.c_out + grp * cog) * p..(i * g.c_out + (grp + 1) * cog) * p];
+                let wg = MatRef::row_major(&w[grp * cog * kr..(grp + 1) * cog * kr], cog, kr);
+                let dst = &mut gxi[grp * x_grp..(grp + 1) * x_grp];
+                if g.is_pointwise() {
+                    gemm(wg.t(), MatRef::row_major(gyg, cog, p), dst, false, par);
+                } else {
+                    gemm(wg.t(), MatRef::row_major(gyg, cog, p), cols, false, par);
+                    col2im(g, cols, dst);
+                }
             }
-        }
+        });
     });
 }
 
@@ -207,7 +219,7 @@ pub fn conv2d_backward_weight<T: Float>(g: &ConvGeom, x: &[T], gy: &[T], gw: &mu
     let cog = g.c_out / g.groups;
     let x_img = g.c_in * g.h * g.w;
     let x_grp = (g.c_in / g.groups) * g.h * g.w;
-    let one_image = |i: usize, acc: &mut [T], cols: &mut Vec<T>, par: bool| {
+    let one_image = |i: usize, acc: &mut [T], cols: &mut [T], par: bool| {
         for grp in 0..g.groups {
             let xg = &x[i * x_img + grp * x_grp..i * x_img + (grp + 1) * x_grp];
             let colm: &[T] = if g.is_pointwise() {
@@ -229,10 +241,11 @@ pub fn conv2d_backward_weight<T: Float>(g: &ConvGeom, x: &[T], gy: &[T], gw: &mu
             .into_par_iter()
             .map(|tid| {
                 let mut acc = vec![T::zero(); gw.len()];
-                let mut cols = vec![T::zero(); kr * p];
-                for i in (tid..g.n).step_by(t) {
-                    one_image(i, &mut acc, &mut cols, false);
-                }
+                T::with_scratch(kr * p, |cols| {
+                    for i in (tid..g.n).step_by(t) {
+                        one_image(i, &mut acc, cols, false);
+                    }
+                });
                 acc
             })
             .collect();
@@ -240,10 +253,11 @@ pub fn conv2d_backward_weight<T: Float>(g: &ConvGeom, x: &[T], gy: &[T], gw: &mu
             gw.iter_mut().zip(part).for_each(|(a, b)| *a += b);
         }
     } else {
-        let mut cols = vec![T::zero(); kr * p];
-        for i in 0..g.n {
-            one_image(i, gw, &mut cols, true);
-        }
+        T::with_scratch(kr * p, |cols| {
+            for i in 0..g.n {
+                one_image(i, gw, cols, true);
+            }
+        });
     }
 }
 

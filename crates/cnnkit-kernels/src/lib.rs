@@ -22,9 +22,34 @@ pub trait Float:
     + std::fmt::Debug
     + 'static
 {
+    /// Runs `f` on a per-thread scratch buffer of `len` elements (contents unspecified), so
+    /// hot loops such as im2col do not allocate and fault in fresh pages on every call.
+    fn with_scratch<R>(len: usize, f: impl FnOnce(&mut [Self]) -> R) -> R;
 }
-impl Float for f32 {}
-impl Float for f64 {}
+
+macro_rules! scratch_impl {
+    ($t:ty, $key:ident) => {
+        thread_local! {
+            static $key: std::cell::RefCell<Vec<$t>> = const { std::cell::RefCell::new(Vec::new()) };
+        }
+        impl Float for $t {
+            fn with_scratch<R>(len: usize, f: impl FnOnce(&mut [Self]) -> R) -> R {
+                $key.with(|cell| match cell.try_borrow_mut() {
+                    Ok(mut buf) => {
+                        if buf.len() < len {
+                            buf.resize(len, 0.0);
+                        }
+                        f(&mut buf[..len])
+                    }
+                    // Re-entered on this thread (rayon work stealing): use a private buffer.
+                    Err(_) => f(&mut vec![0.0; len]),
+                })
+            }
+        }
+    };
+}
+scratch_impl!(f32, SCRATCH_F32);
+scratch_impl!(f64, SCRATCH_F64);
 
 /// Number of worker threads the kernels may use (rayon's current pool).
 pub fn num_threads() -> usize {

@@ -43,36 +43,57 @@ impl PoolGeom {
     }
 }
 
+/// The kernel taps k in [lo, hi) whose input position start + k·d lies inside [0, n).
+fn tap_range(start: isize, k: usize, d: usize, n: usize) -> (usize, usize) {
+    let lo = if start < 0 { ((-start) as usize).div_ceil(d) } else { 0 };
+    let hi = if start >= n as isize { 0 } else { ((n as isize - start) as usize).div_ceil(d) }.min(k);
+    (lo.min(hi), hi)
+}
+
 /// x: (P, H, W) planes; y, idx: (P, OH, OW).
 pub fn max_pool2d<T: Float>(g: &PoolGeom, x: &[T], y: &mut [T], idx: &mut [i64]) {
     let (oh, ow) = g.out_hw().expect("PoolGeom checked by caller");
     let plane_in = g.h * g.w;
+    let plain2x2 =
+        g.kh == 2 && g.kw == 2 && g.stride == (2, 2) && g.padding == (0, 0) && g.dilation == (1, 1) && 2 * oh <= g.h && 2 * ow <= g.w;
     y.par_chunks_mut(oh * ow).zip(idx.par_chunks_mut(oh * ow)).enumerate().for_each(|(pi, (yp, ip))| {
         let xp = &x[pi * plane_in..(pi + 1) * plane_in];
+        if plain2x2 {
+            // The common 2×2/2 case: every window is inside the image.
+            for oy in 0..oh {
+                let (r0, r1) = (2 * oy * g.w, (2 * oy + 1) * g.w);
+                for ox in 0..ow {
+                    let c = 2 * ox;
+                    let mut bi = r0 + c;
+                    for at in [r0 + c + 1, r1 + c, r1 + c + 1] {
+                        let (v, b) = (xp[at], xp[bi]);
+                        // PyTorch's rule: a larger value or any NaN takes over.
+                        if v > b || v.is_nan() {
+                            bi = at;
+                        }
+                    }
+                    yp[oy * ow + ox] = xp[bi];
+                    ip[oy * ow + ox] = bi as i64;
+                }
+            }
+            return;
+        }
         for oy in 0..oh {
             let hs = (oy * g.stride.0) as isize - g.padding.0 as isize;
+            let (k0, k1) = tap_range(hs, g.kh, g.dilation.0, g.h);
             for ox in 0..ow {
                 let ws = (ox * g.stride.1) as isize - g.padding.1 as isize;
+                let (j0, j1) = tap_range(ws, g.kw, g.dilation.1, g.w);
                 let mut best = T::neg_infinity();
                 let mut bi: i64 = -1;
-                for ki in 0..g.kh {
-                    let iy = hs + (ki * g.dilation.0) as isize;
-                    if iy < 0 || iy >= g.h as isize {
-                        continue;
-                    }
-                    for kj in 0..g.kw {
-                        let ix = ws + (kj * g.dilation.1) as isize;
-                        if ix < 0 || ix >= g.w as isize {
-                            continue;
-                        }
-                        let at = iy as usize * g.w + ix as usize;
+                for ki in k0..k1 {
+                    let row = (hs + (ki * g.dilation.0) as isize) as usize * g.w;
+                    for kj in j0..j1 {
+                        let at = row + (ws + (kj * g.dilation.1) as isize) as usize;
                         let v = xp[at];
                         if bi < 0 || v > best || v.is_nan() {
                             best = v;
                             bi = at as i64;
-                            if v.is_nan() {
-                                break;
-                            }
                         }
                     }
                 }
@@ -261,6 +282,25 @@ mod tests {
         max_pool2d(&g, &x, &mut y, &mut i);
         assert_eq!(y, vec![6.0, 8.0, 14.0, 16.0]);
         assert_eq!(i, vec![5, 7, 13, 15]);
+    }
+
+    use proptest::prelude::*;
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(80))]
+        #[test]
+        fn max_pool_matches_naive(h in 2usize..12, w in 2usize..12, k in 1usize..4, s in 1usize..4, p in 0usize..2, d in 1usize..3, ceil: bool, seed in 0u64..1000) {
+            let g = PoolGeom { h, w, kh: k, kw: k, stride: (s, s), padding: (p.min(k / 2), p.min(k / 2)), dilation: (d, d), ceil_mode: ceil };
+            prop_assume!(g.out_hw().is_some());
+            let (oh, ow) = g.out_hw().unwrap();
+            // Few distinct values so ties (and their first-index rule) are exercised.
+            let x: Vec<f32> = (0..2 * h * w).map(|i| ((i as u64 * 2654435761 + seed) % 7) as f32).collect();
+            let mut y = vec![0.0; 2 * oh * ow];
+            let mut idx = vec![0; 2 * oh * ow];
+            max_pool2d(&g, &x, &mut y, &mut idx);
+            let (yn, inn) = crate::reference::max_pool2d_naive(&g, &x, 2);
+            prop_assert_eq!(y, yn);
+            prop_assert_eq!(idx, inn);
+        }
     }
 
     #[test]

@@ -82,3 +82,36 @@ pub fn conv2d_backward_naive<T: Float>(g: &ConvGeom, x: &[T], w: &[T], gy: &[T])
     }
     (gx, gw)
 }
+
+/// Direct max pooling over every tap with bounds checks: (values, indices) per plane.
+pub fn max_pool2d_naive<T: Float>(g: &crate::pool::PoolGeom, x: &[T], planes: usize) -> (Vec<T>, Vec<i64>) {
+    let (oh, ow) = g.out_hw().unwrap();
+    let mut y = Vec::new();
+    let mut idx = Vec::new();
+    for p in 0..planes {
+        let xp = &x[p * g.h * g.w..(p + 1) * g.h * g.w];
+        for oy in 0..oh {
+            for ox in 0..ow {
+                let mut best = T::neg_infinity();
+                let mut bi: i64 = -1;
+                for ki in 0..g.kh {
+                    for kj in 0..g.kw {
+                        let iy = (oy * g.stride.0 + ki * g.dilation.0) as isize - g.padding.0 as isize;
+                        let ix = (ox * g.stride.1 + kj * g.dilation.1) as isize - g.padding.1 as isize;
+                        if iy < 0 || ix < 0 || iy >= g.h as isize || ix >= g.w as isize {
+                            continue;
+                        }
+                        let at = iy as usize * g.w + ix as usize;
+                        if bi < 0 || xp[at] > best || xp[at].is_nan() {
+                            best = xp[at];
+                            bi = at as i64;
+                        }
+                    }
+                }
+                y.push(best);
+                idx.push(bi);
+            }
+        }
+    }
+    (y, idx)
+}
