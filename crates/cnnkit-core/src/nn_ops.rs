@@ -226,8 +226,8 @@ impl Tensor {
         unbatch(y, added)
     }
 
-    /// `F.max_pool2d(..., return_indices=True)`: (values, flat indices within each plane).
-    pub fn max_pool2d_with_indices(&self, a: Pool2dArgs) -> Result<(Tensor, Tensor)> {
+    /// Max pooling; also returns the winners' indices for backward (shared, not copied).
+    fn max_pool2d_impl(&self, a: Pool2dArgs) -> Result<(Tensor, Arc<Vec<i64>>, bool)> {
         let (x, added) = as_4d(self, "max_pool2d")?;
         let g = pool_geom(&x, a, "max_pool2d")?;
         let (oh, ow) = g
@@ -240,13 +240,20 @@ impl Tensor {
             x.with_data(|xd: &[T]| pool::max_pool2d(&g, xd, &mut y, &mut idx))?;
             T::into_storage(y)
         });
-        let shape = [n, c, oh, ow];
-        let it = Tensor::from_vec(idx.clone(), &shape)?;
-        let y = Tensor::from_op(s, &shape, Op::MaxPool { x: x.clone(), idx: Arc::new(idx) });
+        let idx = Arc::new(idx);
+        let y = Tensor::from_op(s, &[n, c, oh, ow], Op::MaxPool { x: x.clone(), idx: idx.clone() });
+        Ok((y, idx, added))
+    }
+    /// `F.max_pool2d(..., return_indices=True)`: (values, flat indices within each plane).
+    pub fn max_pool2d_with_indices(&self, a: Pool2dArgs) -> Result<(Tensor, Tensor)> {
+        let (y, idx, added) = self.max_pool2d_impl(a)?;
+        let it = Tensor::from_vec(idx.to_vec(), y.shape())?;
         Ok((unbatch(y, added)?, unbatch(it, added)?))
     }
+    /// `F.max_pool2d`. x: (N, C, H, W) or (C, H, W).
     pub fn max_pool2d(&self, a: Pool2dArgs) -> Result<Tensor> {
-        Ok(self.max_pool2d_with_indices(a)?.0)
+        let (y, _, added) = self.max_pool2d_impl(a)?;
+        unbatch(y, added)
     }
 
     /// `F.max_unpool2d`: places each value at its recorded index in an (OH, OW) plane of zeros.
