@@ -22,21 +22,9 @@ enum Command {
     },
 }
 
-/// Keeps freed memory in the process instead of returning it to the kernel after every
-/// op: training allocates and frees the same activation sizes each step, and fresh pages
-/// cost a page fault each (measured: ~15% of a cifar-cnn step).
-fn tune_allocator() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: mallopt only adjusts glibc malloc parameters; called before any threads start.
-    unsafe {
-        libc::mallopt(libc::M_MMAP_THRESHOLD, 1 << 30);
-        libc::mallopt(libc::M_TRIM_THRESHOLD, 1 << 30);
-    }
-}
-
 fn main() {
     if std::env::var_os("CNNKIT_NO_MALLOPT").is_none() {
-        tune_allocator();
+        cnnkit::core::retain_freed_memory();
     }
     let cli = match Cli::try_parse() {
         Ok(c) => c,

@@ -59,21 +59,23 @@ pub fn max_pool2d<T: Float>(g: &PoolGeom, x: &[T], y: &mut [T], idx: &mut [i64])
     y.par_chunks_mut(oh * ow).zip(idx.par_chunks_mut(oh * ow)).enumerate().for_each(|(pi, (yp, ip))| {
         let xp = &x[pi * plane_in..(pi + 1) * plane_in];
         if plain2x2 {
-            // The common 2×2/2 case: every window is inside the image.
+            // The common 2×2/2 case: every window is inside the image. Branch-free selects:
+            // on real activations the comparisons are unpredictable.
             for oy in 0..oh {
                 let (r0, r1) = (2 * oy * g.w, (2 * oy + 1) * g.w);
+                let (ra, rb) = (&xp[r0..r0 + 2 * ow], &xp[r1..r1 + 2 * ow]);
+                let (yr, ir) = (&mut yp[oy * ow..(oy + 1) * ow], &mut ip[oy * ow..(oy + 1) * ow]);
                 for ox in 0..ow {
                     let c = 2 * ox;
-                    let mut bi = r0 + c;
-                    for at in [r0 + c + 1, r1 + c, r1 + c + 1] {
-                        let (v, b) = (xp[at], xp[bi]);
-                        // PyTorch's rule: a larger value or any NaN takes over.
-                        if v > b || v.is_nan() {
-                            bi = at;
-                        }
+                    let (mut m, mut at) = (ra[c], r0 + c);
+                    // PyTorch's rule, in its scan order: a larger value or any NaN takes over.
+                    for (v, k) in [(ra[c + 1], r0 + c + 1), (rb[c], r1 + c), (rb[c + 1], r1 + c + 1)] {
+                        let take = v > m || v.is_nan();
+                        m = if take { v } else { m };
+                        at = if take { k } else { at };
                     }
-                    yp[oy * ow + ox] = xp[bi];
-                    ip[oy * ow + ox] = bi as i64;
+                    yr[ox] = m;
+                    ir[ox] = at as i64;
                 }
             }
             return;
