@@ -4,25 +4,19 @@
 use crate::dtype::{Elem, FloatElem};
 use crate::op::{BinaryOp, Op, UnaryOp};
 use crate::{float_dispatch, DType, Error, Result, Tensor};
-use rayon::prelude::*;
 
-/// Above this many elements, elementwise loops split across threads.
-const PAR_MIN: usize = 1 << 15;
-
-pub(crate) fn map_vec<T: Copy + Send + Sync, U: Send>(x: &[T], f: impl Fn(T) -> U + Sync + Send) -> Vec<U> {
-    if x.len() >= PAR_MIN {
-        x.par_iter().map(|&v| f(v)).collect()
-    } else {
-        x.iter().map(|&v| f(v)).collect()
-    }
+/// out[i] = f(x[i]): parallel chunks, vectorised for the CPU at hand (cnnkit-kernels::simd).
+pub(crate) fn map_vec<T: Copy + Send + Sync, U: Copy + Default + Send + Sync>(x: &[T], f: impl Fn(T) -> U + Sync + Send) -> Vec<U> {
+    cnnkit_kernels::simd::map(x, f)
 }
 
-pub(crate) fn zip_vec<T: Copy + Send + Sync, U: Send>(a: &[T], b: &[T], f: impl Fn(T, T) -> U + Sync + Send) -> Vec<U> {
-    if a.len() >= PAR_MIN {
-        a.par_iter().zip(b.par_iter()).map(|(&x, &y)| f(x, y)).collect()
-    } else {
-        a.iter().zip(b).map(|(&x, &y)| f(x, y)).collect()
-    }
+/// out[i] = f(a[i], b[i]), as [`map_vec`].
+pub(crate) fn zip_vec<T: Copy + Send + Sync, U: Copy + Default + Send + Sync>(
+    a: &[T],
+    b: &[T],
+    f: impl Fn(T, T) -> U + Sync + Send,
+) -> Vec<U> {
+    cnnkit_kernels::simd::zip(a, b, f)
 }
 
 fn c<T: FloatElem>(v: f64) -> T {

@@ -386,7 +386,7 @@ impl Tensor {
                 let scale = invstd[ch] * wv.as_ref().map_or(1.0, |w| w[ch]);
                 let shift = bv.as_ref().map_or(0.0, |b| b[ch]) - mean[ch] * scale;
                 let (sc, sh) = (T::of_f64(scale), T::of_f64(shift));
-                yo.iter_mut().zip(xi).for_each(|(o, &v)| *o = v * sc + sh);
+                cnnkit_kernels::simd::with_best_isa(|| yo.iter_mut().zip(xi).for_each(|(o, &v)| *o = v * sc + sh));
             });
             (mean, invstd, T::into_storage(y))
         });

@@ -42,7 +42,7 @@ impl Tensor {
                 if r == 0 {
                     vec![T::of_f64(0.0); self.numel()]
                 } else {
-                    d.chunks(r).map(|c| T::of_f64(c.iter().map(|x| x.as_f64()).sum::<f64>())).collect()
+                    cnnkit_kernels::simd::row_sums(d, r).into_iter().map(T::of_f64).collect()
                 }
             })?;
             T::into_storage(out)

@@ -8,6 +8,7 @@ pub mod conv;
 pub mod matmul;
 pub mod pool;
 pub mod reference;
+pub mod simd;
 
 /// The float types the compute kernels run on: f32 (default) and f64 (gradchecks).
 pub trait Float:

@@ -57,76 +57,82 @@ pub fn max_pool2d<T: Float>(g: &PoolGeom, x: &[T], y: &mut [T], idx: &mut [i64])
     let plain2x2 =
         g.kh == 2 && g.kw == 2 && g.stride == (2, 2) && g.padding == (0, 0) && g.dilation == (1, 1) && 2 * oh <= g.h && 2 * ow <= g.w;
     y.par_chunks_mut(oh * ow).zip(idx.par_chunks_mut(oh * ow)).enumerate().for_each(|(pi, (yp, ip))| {
-        let xp = &x[pi * plane_in..(pi + 1) * plane_in];
-        if plain2x2 {
-            // The common 2×2/2 case: every window is inside the image. Branch-free selects:
-            // on real activations the comparisons are unpredictable.
-            for oy in 0..oh {
-                let (r0, r1) = (2 * oy * g.w, (2 * oy + 1) * g.w);
-                let (ra, rb) = (&xp[r0..r0 + 2 * ow], &xp[r1..r1 + 2 * ow]);
-                let (yr, ir) = (&mut yp[oy * ow..(oy + 1) * ow], &mut ip[oy * ow..(oy + 1) * ow]);
-                for ox in 0..ow {
-                    let c = 2 * ox;
-                    let (mut m, mut at) = (ra[c], r0 + c);
-                    // PyTorch's rule, in its scan order: a larger value or any NaN takes over.
-                    for (v, k) in [(ra[c + 1], r0 + c + 1), (rb[c], r1 + c), (rb[c + 1], r1 + c + 1)] {
-                        let take = v > m || v.is_nan();
-                        m = if take { v } else { m };
-                        at = if take { k } else { at };
+        crate::simd::with_best_isa(|| {
+            let xp = &x[pi * plane_in..(pi + 1) * plane_in];
+            if plain2x2 {
+                // The common 2×2/2 case: every window is inside the image. Branch-free selects:
+                // on real activations the comparisons are unpredictable.
+                for oy in 0..oh {
+                    let (r0, r1) = (2 * oy * g.w, (2 * oy + 1) * g.w);
+                    let (ra, rb) = (&xp[r0..r0 + 2 * ow], &xp[r1..r1 + 2 * ow]);
+                    let (yr, ir) = (&mut yp[oy * ow..(oy + 1) * ow], &mut ip[oy * ow..(oy + 1) * ow]);
+                    for ox in 0..ow {
+                        let c = 2 * ox;
+                        let (mut m, mut at) = (ra[c], r0 + c);
+                        // PyTorch's rule, in its scan order: a larger value or any NaN takes over.
+                        for (v, k) in [(ra[c + 1], r0 + c + 1), (rb[c], r1 + c), (rb[c + 1], r1 + c + 1)] {
+                            let take = v > m || v.is_nan();
+                            m = if take { v } else { m };
+                            at = if take { k } else { at };
+                        }
+                        yr[ox] = m;
+                        ir[ox] = at as i64;
                     }
-                    yr[ox] = m;
-                    ir[ox] = at as i64;
                 }
+                return;
             }
-            return;
-        }
-        for oy in 0..oh {
-            let hs = (oy * g.stride.0) as isize - g.padding.0 as isize;
-            let (k0, k1) = tap_range(hs, g.kh, g.dilation.0, g.h);
-            for ox in 0..ow {
-                let ws = (ox * g.stride.1) as isize - g.padding.1 as isize;
-                let (j0, j1) = tap_range(ws, g.kw, g.dilation.1, g.w);
-                let mut best = T::neg_infinity();
-                let mut bi: i64 = -1;
-                for ki in k0..k1 {
-                    let row = (hs + (ki * g.dilation.0) as isize) as usize * g.w;
-                    for kj in j0..j1 {
-                        let at = row + (ws + (kj * g.dilation.1) as isize) as usize;
-                        let v = xp[at];
-                        if bi < 0 || v > best || v.is_nan() {
-                            best = v;
-                            bi = at as i64;
+            for oy in 0..oh {
+                let hs = (oy * g.stride.0) as isize - g.padding.0 as isize;
+                let (k0, k1) = tap_range(hs, g.kh, g.dilation.0, g.h);
+                for ox in 0..ow {
+                    let ws = (ox * g.stride.1) as isize - g.padding.1 as isize;
+                    let (j0, j1) = tap_range(ws, g.kw, g.dilation.1, g.w);
+                    let mut best = T::neg_infinity();
+                    let mut bi: i64 = -1;
+                    for ki in k0..k1 {
+                        let row = (hs + (ki * g.dilation.0) as isize) as usize * g.w;
+                        for kj in j0..j1 {
+                            let at = row + (ws + (kj * g.dilation.1) as isize) as usize;
+                            let v = xp[at];
+                            if bi < 0 || v > best || v.is_nan() {
+                                best = v;
+                                bi = at as i64;
+                            }
                         }
                     }
+                    yp[oy * ow + ox] = best;
+                    ip[oy * ow + ox] = bi.max(0);
                 }
-                yp[oy * ow + ox] = best;
-                ip[oy * ow + ox] = bi.max(0);
             }
-        }
+        })
     });
 }
 
 /// Scatter-adds gy into gx at the recorded indices. gy, idx: (P, OH·OW); gx: (P, H·W) (overwritten).
 pub fn scatter_plane_indices<T: Float>(gy: &[T], idx: &[i64], out_plane: usize, in_plane: usize, gx: &mut [T]) {
     gx.par_chunks_mut(out_plane).enumerate().for_each(|(pi, gp)| {
-        gp.iter_mut().for_each(|v| *v = T::zero());
-        let g = &gy[pi * in_plane..(pi + 1) * in_plane];
-        let ii = &idx[pi * in_plane..(pi + 1) * in_plane];
-        for (&v, &i) in g.iter().zip(ii) {
-            if (i as usize) < out_plane {
-                gp[i as usize] += v;
+        crate::simd::with_best_isa(|| {
+            gp.iter_mut().for_each(|v| *v = T::zero());
+            let g = &gy[pi * in_plane..(pi + 1) * in_plane];
+            let ii = &idx[pi * in_plane..(pi + 1) * in_plane];
+            for (&v, &i) in g.iter().zip(ii) {
+                if (i as usize) < out_plane {
+                    gp[i as usize] += v;
+                }
             }
-        }
+        })
     });
 }
 
 /// Gathers per plane: y[p, j] = x[p, idx[p, j]]. x: (P, in_plane); idx, y: (P, out_plane).
 pub fn gather_plane_indices<T: Float>(x: &[T], idx: &[i64], in_plane: usize, out_plane: usize, y: &mut [T]) {
     y.par_chunks_mut(out_plane).enumerate().for_each(|(pi, yp)| {
-        let xp = &x[pi * in_plane..(pi + 1) * in_plane];
-        for (o, &i) in yp.iter_mut().zip(&idx[pi * out_plane..(pi + 1) * out_plane]) {
-            *o = xp.get(i as usize).copied().unwrap_or(T::zero());
-        }
+        crate::simd::with_best_isa(|| {
+            let xp = &x[pi * in_plane..(pi + 1) * in_plane];
+            for (o, &i) in yp.iter_mut().zip(&idx[pi * out_plane..(pi + 1) * out_plane]) {
+                *o = xp.get(i as usize).copied().unwrap_or(T::zero());
+            }
+        })
     });
 }
 
@@ -148,19 +154,21 @@ pub fn avg_pool2d<T: Float>(g: &PoolGeom, count_include_pad: bool, x: &[T], y: &
     let (oh, ow) = g.out_hw().expect("PoolGeom checked by caller");
     let plane_in = g.h * g.w;
     y.par_chunks_mut(oh * ow).enumerate().for_each(|(pi, yp)| {
-        let xp = &x[pi * plane_in..(pi + 1) * plane_in];
-        for oy in 0..oh {
-            for ox in 0..ow {
-                let (hs, he, ws, we, div) = avg_window(g, oy, ox, count_include_pad);
-                let mut s = T::zero();
-                for iy in hs..he {
-                    for ix in ws..we {
-                        s += xp[iy * g.w + ix];
+        crate::simd::with_best_isa(|| {
+            let xp = &x[pi * plane_in..(pi + 1) * plane_in];
+            for oy in 0..oh {
+                for ox in 0..ow {
+                    let (hs, he, ws, we, div) = avg_window(g, oy, ox, count_include_pad);
+                    let mut s = T::zero();
+                    for iy in hs..he {
+                        for ix in ws..we {
+                            s += xp[iy * g.w + ix];
+                        }
                     }
+                    yp[oy * ow + ox] = if div == 0 { T::zero() } else { s / T::from_usize(div).unwrap() };
                 }
-                yp[oy * ow + ox] = if div == 0 { T::zero() } else { s / T::from_usize(div).unwrap() };
             }
-        }
+        })
     });
 }
 
@@ -168,22 +176,24 @@ pub fn avg_pool2d<T: Float>(g: &PoolGeom, count_include_pad: bool, x: &[T], y: &
 pub fn avg_pool2d_backward<T: Float>(g: &PoolGeom, count_include_pad: bool, gy: &[T], gx: &mut [T]) {
     let (oh, ow) = g.out_hw().expect("PoolGeom checked by caller");
     gx.par_chunks_mut(g.h * g.w).enumerate().for_each(|(pi, gp)| {
-        gp.iter_mut().for_each(|v| *v = T::zero());
-        let gyp = &gy[pi * oh * ow..(pi + 1) * oh * ow];
-        for oy in 0..oh {
-            for ox in 0..ow {
-                let (hs, he, ws, we, div) = avg_window(g, oy, ox, count_include_pad);
-                if div == 0 {
-                    continue;
-                }
-                let v = gyp[oy * ow + ox] / T::from_usize(div).unwrap();
-                for iy in hs..he {
-                    for ix in ws..we {
-                        gp[iy * g.w + ix] += v;
+        crate::simd::with_best_isa(|| {
+            gp.iter_mut().for_each(|v| *v = T::zero());
+            let gyp = &gy[pi * oh * ow..(pi + 1) * oh * ow];
+            for oy in 0..oh {
+                for ox in 0..ow {
+                    let (hs, he, ws, we, div) = avg_window(g, oy, ox, count_include_pad);
+                    if div == 0 {
+                        continue;
+                    }
+                    let v = gyp[oy * ow + ox] / T::from_usize(div).unwrap();
+                    for iy in hs..he {
+                        for ix in ws..we {
+                            gp[iy * g.w + ix] += v;
+                        }
                     }
                 }
             }
-        }
+        })
     });
 }
 
@@ -195,66 +205,72 @@ pub fn adaptive_range(o: usize, inp: usize, out: usize) -> (usize, usize) {
 /// x: (P, H, W); y: (P, OH, OW).
 pub fn adaptive_avg_pool2d<T: Float>(h: usize, w: usize, oh: usize, ow: usize, x: &[T], y: &mut [T]) {
     y.par_chunks_mut(oh * ow).enumerate().for_each(|(pi, yp)| {
-        let xp = &x[pi * h * w..(pi + 1) * h * w];
-        for oy in 0..oh {
-            let (hs, he) = adaptive_range(oy, h, oh);
-            for ox in 0..ow {
-                let (ws, we) = adaptive_range(ox, w, ow);
-                let mut s = T::zero();
-                for iy in hs..he {
-                    for ix in ws..we {
-                        s += xp[iy * w + ix];
+        crate::simd::with_best_isa(|| {
+            let xp = &x[pi * h * w..(pi + 1) * h * w];
+            for oy in 0..oh {
+                let (hs, he) = adaptive_range(oy, h, oh);
+                for ox in 0..ow {
+                    let (ws, we) = adaptive_range(ox, w, ow);
+                    let mut s = T::zero();
+                    for iy in hs..he {
+                        for ix in ws..we {
+                            s += xp[iy * w + ix];
+                        }
                     }
+                    yp[oy * ow + ox] = s / T::from_usize((he - hs) * (we - ws)).unwrap();
                 }
-                yp[oy * ow + ox] = s / T::from_usize((he - hs) * (we - ws)).unwrap();
             }
-        }
+        })
     });
 }
 
 /// Backward of adaptive_avg_pool2d. gy: (P, OH, OW); gx: (P, H, W) (overwritten).
 pub fn adaptive_avg_pool2d_backward<T: Float>(h: usize, w: usize, oh: usize, ow: usize, gy: &[T], gx: &mut [T]) {
     gx.par_chunks_mut(h * w).enumerate().for_each(|(pi, gp)| {
-        gp.iter_mut().for_each(|v| *v = T::zero());
-        let gyp = &gy[pi * oh * ow..(pi + 1) * oh * ow];
-        for oy in 0..oh {
-            let (hs, he) = adaptive_range(oy, h, oh);
-            for ox in 0..ow {
-                let (ws, we) = adaptive_range(ox, w, ow);
-                let v = gyp[oy * ow + ox] / T::from_usize((he - hs) * (we - ws)).unwrap();
-                for iy in hs..he {
-                    for ix in ws..we {
-                        gp[iy * w + ix] += v;
+        crate::simd::with_best_isa(|| {
+            gp.iter_mut().for_each(|v| *v = T::zero());
+            let gyp = &gy[pi * oh * ow..(pi + 1) * oh * ow];
+            for oy in 0..oh {
+                let (hs, he) = adaptive_range(oy, h, oh);
+                for ox in 0..ow {
+                    let (ws, we) = adaptive_range(ox, w, ow);
+                    let v = gyp[oy * ow + ox] / T::from_usize((he - hs) * (we - ws)).unwrap();
+                    for iy in hs..he {
+                        for ix in ws..we {
+                            gp[iy * w + ix] += v;
+                        }
                     }
                 }
             }
-        }
+        })
     });
 }
 
 /// x: (P, H, W); y, idx: (P, OH, OW).
 pub fn adaptive_max_pool2d<T: Float>(h: usize, w: usize, oh: usize, ow: usize, x: &[T], y: &mut [T], idx: &mut [i64]) {
     y.par_chunks_mut(oh * ow).zip(idx.par_chunks_mut(oh * ow)).enumerate().for_each(|(pi, (yp, ip))| {
-        let xp = &x[pi * h * w..(pi + 1) * h * w];
-        for oy in 0..oh {
-            let (hs, he) = adaptive_range(oy, h, oh);
-            for ox in 0..ow {
-                let (ws, we) = adaptive_range(ox, w, ow);
-                let mut best = T::neg_infinity();
-                let mut bi = hs * w + ws;
-                for iy in hs..he {
-                    for ix in ws..we {
-                        let v = xp[iy * w + ix];
-                        if v > best || v.is_nan() {
-                            best = v;
-                            bi = iy * w + ix;
+        crate::simd::with_best_isa(|| {
+            let xp = &x[pi * h * w..(pi + 1) * h * w];
+            for oy in 0..oh {
+                let (hs, he) = adaptive_range(oy, h, oh);
+                for ox in 0..ow {
+                    let (ws, we) = adaptive_range(ox, w, ow);
+                    let mut best = T::neg_infinity();
+                    let mut bi = hs * w + ws;
+                    for iy in hs..he {
+                        for ix in ws..we {
+                            let v = xp[iy * w + ix];
+                            if v > best || v.is_nan() {
+                                best = v;
+                                bi = iy * w + ix;
+                            }
                         }
                     }
+                    yp[oy * ow + ox] = best;
+                    ip[oy * ow + ox] = bi as i64;
                 }
-                yp[oy * ow + ox] = best;
-                ip[oy * ow + ox] = bi as i64;
             }
-        }
+        })
     });
 }
 
