@@ -13,6 +13,7 @@
 pub use cnnkit_core as core;
 pub use cnnkit_kernels as kernels;
 pub use cnnkit_nn as nn;
+pub use cnnkit_optim as optim;
 
 pub mod models;
 pub mod synthetic;
@@ -22,4 +23,5 @@ pub mod prelude {
     pub use cnnkit_core::{manual_seed, no_grad, with_no_grad, Conv2dArgs, DType, Error, Generator, PadMode, Pool2dArgs, Result, Tensor};
     pub use cnnkit_nn::loss::{self, cross_entropy, CrossEntropyLoss, CrossEntropyOptions, Reduction};
     pub use cnnkit_nn::*;
+    pub use cnnkit_optim::*;
 }

@@ -172,26 +172,14 @@ fn train_step(b: TrainStepBench) -> Result<()> {
     let mut g = Generator::new(1);
     let x = Tensor::randn_with(&[b.batch_size, shape[0], shape[1], shape[2]], DType::F32, &mut g);
     let y = Tensor::from_vec((0..b.batch_size as i64).map(|i| i % 10).collect::<Vec<_>>(), &[b.batch_size])?;
-    let params = model.parameters();
-    let mut velocity: Vec<Vec<f32>> = params.iter().map(|p| vec![0.0; p.numel()]).collect();
+    let mut opt = cnnkit::optim::Sgd::new(model.parameters(), cnnkit::optim::SgdConfig { lr: 0.01, momentum: 0.9, ..Default::default() })?;
     let opts = CrossEntropyOptions::default();
     let (med, _) = median_ms(2, b.common.iters, || {
-        model.zero_grad();
+        use cnnkit::optim::Optimizer;
+        opt.zero_grad();
         let loss = cross_entropy(&model.forward(&x)?, &y, &opts)?;
         loss.backward()?;
-        // SGD, lr 0.01, momentum 0.9 (torch.optim.SGD's update rule).
-        for (p, v) in params.iter().zip(velocity.iter_mut()) {
-            if let Some(gr) = p.grad() {
-                let gv = gr.to_vec::<f32>()?;
-                p.update_data(|d: &mut [f32]| {
-                    for ((w, vb), gg) in d.iter_mut().zip(v.iter_mut()).zip(&gv) {
-                        *vb = 0.9 * *vb + gg;
-                        *w -= 0.01 * *vb;
-                    }
-                })?;
-            }
-        }
-        Ok(())
+        opt.step()
     })?;
     eprintln!(
         "train-step {} batch {}: median {:.2} ms/step, {:.0} images/s ({} threads)",

@@ -71,7 +71,7 @@ pub fn max_pool2d<T: Float>(g: &PoolGeom, x: &[T], y: &mut [T], idx: &mut [i64])
                         let (mut m, mut at) = (ra[c], r0 + c);
                         // PyTorch's rule, in its scan order: a larger value or any NaN takes over.
                         for (v, k) in [(ra[c + 1], r0 + c + 1), (rb[c], r1 + c), (rb[c + 1], r1 + c + 1)] {
-                            let take = v > m || v.is_nan();
+                            let take = (v > m) | v.is_nan();
                             m = if take { v } else { m };
                             at = if take { k } else { at };
                         }
