@@ -81,10 +81,9 @@ impl UnaryOp {
             UnaryOp::Tanh => x.tanh(),
             UnaryOp::Sigmoid => one / (one + (-x).exp()),
             UnaryOp::Recip => one / x,
+            // NaN propagates, as in PyTorch.
             UnaryOp::Relu => {
-                if x > zero {
-                    x
-                } else if x.is_nan() {
+                if x > zero || x.is_nan() {
                     x
                 } else {
                     zero

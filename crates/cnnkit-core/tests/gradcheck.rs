@@ -1,4 +1,5 @@
 //! f64 finite-difference gradchecks for every differentiable op.
+#![allow(clippy::cloned_ref_to_slice_refs)] // `&[x.clone()]` reads better in these tables
 
 use cnnkit_core::*;
 

@@ -98,7 +98,7 @@ pub fn xavier_normal_with(t: &Tensor, gain: f64, g: &mut Generator) -> Result<()
 }
 /// Normal(mean, std) truncated to [a, b], by rejection (the exact truncated distribution).
 pub fn trunc_normal_with(t: &Tensor, mean: f64, std: f64, a: f64, b: f64, g: &mut Generator) -> Result<()> {
-    if !(a < b) || std <= 0.0 || (a - mean) / std > 5.0 || (b - mean) / std < -5.0 {
+    if a >= b || a.is_nan() || b.is_nan() || std <= 0.0 || (a - mean) / std > 5.0 || (b - mean) / std < -5.0 {
         return Err(Error::invalid("trunc_normal_", format!("interval [{a}, {b}] too far from mean {mean} (std {std})")));
     }
     fill(t, || loop {

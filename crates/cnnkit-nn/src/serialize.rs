@@ -62,8 +62,11 @@ pub fn load_safetensors(path: impl AsRef<Path>) -> Result<BTreeMap<String, Tenso
     Ok(tensors)
 }
 
+/// Named tensors and string metadata, as stored in a safetensors file.
+pub type TensorsAndMetadata = (BTreeMap<String, Tensor>, BTreeMap<String, String>);
+
 /// Parses safetensors bytes: (tensors, metadata).
-pub fn parse_safetensors(bytes: &[u8]) -> std::result::Result<(BTreeMap<String, Tensor>, BTreeMap<String, String>), String> {
+pub fn parse_safetensors(bytes: &[u8]) -> std::result::Result<TensorsAndMetadata, String> {
     let st = safetensors::SafeTensors::deserialize(bytes).map_err(|e| format!("not a valid safetensors file: {e}"))?;
     let mut out = BTreeMap::new();
     for (name, view) in st.tensors() {

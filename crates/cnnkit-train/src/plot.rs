@@ -59,7 +59,7 @@ fn panel<DB: DrawingBackend>(
     let xmax = pts.clone().map(|p| p.0).fold(1.0f64, f64::max);
     let (mut ymin, mut ymax) = pts.fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), p| (a.min(p.1), b.max(p.1)));
     if unit {
-        (ymin, ymax) = (ymin.min(1.0).max(0.0), 1.0);
+        (ymin, ymax) = (if ymin.is_finite() { ymin.clamp(0.0, 1.0) } else { 0.0 }, 1.0);
     }
     if !ymin.is_finite() || !ymax.is_finite() || ymin >= ymax {
         (ymin, ymax) = (0.0, ymax.max(1.0));

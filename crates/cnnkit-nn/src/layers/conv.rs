@@ -84,7 +84,7 @@ impl Conv2dConfig {
     }
     fn validate(&self, op: &'static str) -> Result<()> {
         let c = self;
-        if c.groups == 0 || c.in_channels % c.groups != 0 || c.out_channels % c.groups != 0 {
+        if c.groups == 0 || !c.in_channels.is_multiple_of(c.groups) || !c.out_channels.is_multiple_of(c.groups) {
             return Err(Error::invalid(
                 op,
                 format!("groups={} must divide in_channels={} and out_channels={}", c.groups, c.in_channels, c.out_channels),
@@ -327,7 +327,7 @@ impl ConvTranspose2d {
         with_default_generator(|g| Self::new_with(config, g))
     }
     pub fn new_with(c: ConvTranspose2dConfig, g: &mut Generator) -> Result<Self> {
-        if c.groups == 0 || c.in_channels % c.groups != 0 || c.out_channels % c.groups != 0 {
+        if c.groups == 0 || !c.in_channels.is_multiple_of(c.groups) || !c.out_channels.is_multiple_of(c.groups) {
             return Err(Error::invalid(
                 "ConvTranspose2d",
                 format!("groups={} must divide in_channels={} and out_channels={}", c.groups, c.in_channels, c.out_channels),

@@ -181,7 +181,7 @@ impl GroupNorm {
         Self::with(num_groups, num_channels, 1e-5, true)
     }
     pub fn with(num_groups: usize, num_channels: usize, eps: f64, affine: bool) -> Result<Self> {
-        if num_groups == 0 || num_channels % num_groups != 0 {
+        if num_groups == 0 || !num_channels.is_multiple_of(num_groups) {
             return Err(Error::invalid("GroupNorm", format!("num_channels={num_channels} must be divisible by num_groups={num_groups}")));
         }
         let p = |v: f64| -> Result<Option<Tensor>> {

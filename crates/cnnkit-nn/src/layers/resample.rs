@@ -79,7 +79,7 @@ impl PixelShuffle {
 impl Module for PixelShuffle {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let r = self.upscale_factor;
-        if x.ndim() != 4 || r == 0 || x.shape()[1] % (r * r) != 0 {
+        if x.ndim() != 4 || r == 0 || !x.shape()[1].is_multiple_of(r * r) {
             return Err(Error::bad_shape("PixelShuffle", x.shape(), format!("channels must be divisible by upscale_factor²={}", r * r)));
         }
         let (n, c, h, w) = (x.shape()[0], x.shape()[1] / (r * r), x.shape()[2], x.shape()[3]);
@@ -101,7 +101,7 @@ impl ChannelShuffle {
 
 /// `channel_shuffle(x, groups)` as torchvision's ShuffleNetV2 does it.
 pub fn channel_shuffle(x: &Tensor, groups: usize) -> Result<Tensor> {
-    if x.ndim() != 4 || groups == 0 || x.shape()[1] % groups != 0 {
+    if x.ndim() != 4 || groups == 0 || !x.shape()[1].is_multiple_of(groups) {
         return Err(Error::bad_shape("ChannelShuffle", x.shape(), format!("channels must be divisible by groups={groups}")));
     }
     let (n, c, h, w) = (x.shape()[0], x.shape()[1], x.shape()[2], x.shape()[3]);
