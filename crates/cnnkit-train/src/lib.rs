@@ -3,6 +3,8 @@
 pub mod checkpoint;
 pub mod metrics;
 pub mod plot;
+pub mod trainer;
 
 pub use checkpoint::Checkpoint;
 pub use metrics::ClassificationMetrics;
+pub use trainer::{evaluate, fit, BatchSource, TrainConfig, TrainReport};
