@@ -66,3 +66,60 @@ impl Module for CifarCnn {
         vec![("conv1".into(), &self.conv1), ("pool".into(), &self.pool), ("conv2".into(), &self.conv2), ("fc".into(), &self.fc)]
     }
 }
+
+/// LeNet-5 (LeCun et al. 1998) in its common PyTorch form: conv 6@5×5 (pad 2), ReLU, max pool,
+/// conv 16@5×5, ReLU, max pool, then 120 → 84 → classes fully connected layers with ReLU.
+/// x: (N, C, H, W) → logits (N, classes). 28×28 inputs give the classic 16·5·5 features.
+pub struct LeNet5 {
+    pub features: crate::nn::Sequential,
+    pub classifier: crate::nn::Sequential,
+}
+
+impl LeNet5 {
+    pub fn new(in_channels: usize, height: usize, width: usize, classes: usize) -> Result<Self> {
+        use crate::nn::{Flatten, ReLU, Sequential};
+        let side = |n: usize| (n / 2).saturating_sub(4) / 2;
+        let (fh, fw) = (side(height), side(width));
+        if fh == 0 || fw == 0 {
+            return Err(crate::core::Error::invalid("lenet5", format!("input {height}×{width} is too small (needs at least 12×12)")));
+        }
+        Ok(LeNet5 {
+            features: Sequential::new()
+                .add(Conv2d::new(Conv2dConfig::new(in_channels, 6, 5).padding(2))?)
+                .add(ReLU::default())
+                .add(MaxPool2d::new(2))
+                .add(Conv2d::new(Conv2dConfig::new(6, 16, 5))?)
+                .add(ReLU::default())
+                .add(MaxPool2d::new(2))
+                .add(Flatten::new()),
+            classifier: Sequential::new()
+                .add(Linear::new(16 * fh * fw, 120)?)
+                .add(ReLU::default())
+                .add(Linear::new(120, 84)?)
+                .add(ReLU::default())
+                .add(Linear::new(84, classes)?),
+        })
+    }
+}
+
+impl Module for LeNet5 {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        self.classifier.call(&self.features.call(x)?)
+    }
+    fn children(&self) -> Vec<(String, &dyn Module)> {
+        vec![("features".into(), &self.features), ("classifier".into(), &self.classifier)]
+    }
+}
+
+/// The models the CLI can build by name.
+pub const MODEL_NAMES: &[&str] = &["simple-cnn", "cifar-cnn", "lenet5"];
+
+/// Builds a model by name for inputs (C, H, W) and `classes` outputs.
+pub fn build(name: &str, in_channels: usize, height: usize, width: usize, classes: usize) -> Result<Box<dyn Module>> {
+    Ok(match name {
+        "simple-cnn" => Box::new(SimpleCnn::new(in_channels, height, width, classes)?),
+        "cifar-cnn" => Box::new(CifarCnn::new(in_channels, height, width, classes)?),
+        "lenet5" => Box::new(LeNet5::new(in_channels, height, width, classes)?),
+        other => return Err(crate::core::Error::invalid("model", format!("unknown model '{other}' (known: {})", MODEL_NAMES.join(", ")))),
+    })
+}
