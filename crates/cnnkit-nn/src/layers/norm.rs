@@ -292,6 +292,9 @@ pub struct InstanceNorm2d {
     pub bias: Option<Tensor>,
     pub running_mean: Option<Tensor>,
     pub running_var: Option<Tensor>,
+    /// Present (as in PyTorch's state_dict) when tracking, but never incremented: PyTorch's
+    /// instance norm does not count batches.
+    pub num_batches_tracked: Option<Tensor>,
     training: AtomicBool,
 }
 
@@ -316,6 +319,7 @@ impl InstanceNorm2d {
             bias: p(0.0)?,
             running_mean: track_running_stats.then(|| Tensor::zeros(&[num_features], DType::F32)),
             running_var: track_running_stats.then(|| Tensor::ones(&[num_features], DType::F32)),
+            num_batches_tracked: track_running_stats.then(|| Tensor::zeros(&[], DType::I64)),
             training: AtomicBool::new(true),
         })
     }
@@ -366,6 +370,7 @@ impl Module for InstanceNorm2d {
         let mut v = Vec::new();
         v.extend(self.running_mean.iter().map(|t| ("running_mean".to_string(), t.clone())));
         v.extend(self.running_var.iter().map(|t| ("running_var".to_string(), t.clone())));
+        v.extend(self.num_batches_tracked.iter().map(|t| ("num_batches_tracked".to_string(), t.clone())));
         v
     }
     fn set_own_training(&self, t: bool) {
