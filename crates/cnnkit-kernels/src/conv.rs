@@ -227,22 +227,36 @@ pub fn conv2d_backward_weight<T: Float>(g: &ConvGeom, x: &[T], gy: &[T], gw: &mu
     let x_grp = (g.c_in / g.groups) * g.h * g.w;
     // gw += gy (C_out/G, P) · colsᵀ (P, K). The gemm crate runs this fastest with colsᵀ
     // stored row-major (measured: packing the (K, P) im2col layout was 42% of this kernel).
-    // Built per block of whole output rows, the block's cols and its transpose stay in cache.
-    let rows_per_blk = (128 * 1024 / (kr * ow).max(1)).clamp(1, oh);
-    let pb = rows_per_blk * ow;
-    let one_image = |i: usize, acc: &mut [T], buf: &mut [T], par: bool| {
-        let (cols, rows) = buf.split_at_mut(pb * kr);
-        for grp in 0..g.groups {
-            let xg = &x[i * x_img + grp * x_grp..i * x_img + (grp + 1) * x_grp];
-            let gyg = &gy[(i * g.c_out + grp * cog) * p..(i * g.c_out + (grp + 1) * cog) * p];
-            let dst = &mut acc[grp * cog * kr..(grp + 1) * cog * kr];
-            for oy0 in (0..oh).step_by(rows_per_blk) {
-                let oy1 = (oy0 + rows_per_blk).min(oh);
-                let n = (oy1 - oy0) * ow;
-                im2col_rows(g, xg, oy0, oy1, &mut cols[..kr * n]);
-                transpose(&cols[..kr * n], kr, n, &mut rows[..n * kr]);
-                let gyb = MatRef { data: &gyg[oy0 * ow..], rows: cog, cols: n, rs: p as isize, cs: 1 };
-                gemm(gyb, MatRef::row_major(&rows[..n * kr], n, kr), dst, true, par);
+    // Work is cut into blocks that stay in cache: a band of output rows of one image, or, when
+    // whole images are small, several images at once (their gy rows copied side by side), so
+    // each GEMM call has enough work (small layers otherwise drown in per-call overhead).
+    const BLOCK: usize = 128 * 1024;
+    let rows_per_blk = (BLOCK / (kr * ow).max(1)).clamp(1, oh);
+    let imgs_per_blk = if rows_per_blk == oh { (BLOCK / (kr * p).max(1)).clamp(1, 16) } else { 1 };
+    let pb = rows_per_blk * ow * imgs_per_blk;
+    let scratch = 2 * pb * kr + cog * pb;
+    // Accumulates images `imgs` into acc (C_out, K) using buf (scratch).
+    let run = |imgs: &[usize], acc: &mut [T], buf: &mut [T], par: bool| {
+        let (cols, rest) = buf.split_at_mut(pb * kr);
+        let (rows, gyb) = rest.split_at_mut(pb * kr);
+        for chunk in imgs.chunks(imgs_per_blk) {
+            for grp in 0..g.groups {
+                let dst = &mut acc[grp * cog * kr..(grp + 1) * cog * kr];
+                for oy0 in (0..oh).step_by(rows_per_blk) {
+                    let oy1 = (oy0 + rows_per_blk).min(oh);
+                    let n = (oy1 - oy0) * ow;
+                    let m = n * chunk.len();
+                    for (b, &i) in chunk.iter().enumerate() {
+                        let xg = &x[i * x_img + grp * x_grp..i * x_img + (grp + 1) * x_grp];
+                        im2col_rows(g, xg, oy0, oy1, &mut cols[..kr * n]);
+                        transpose(&cols[..kr * n], kr, n, &mut rows[b * n * kr..(b + 1) * n * kr]);
+                        for co in 0..cog {
+                            let src = &gy[(i * g.c_out + grp * cog + co) * p + oy0 * ow..][..n];
+                            gyb[co * m + b * n..co * m + (b + 1) * n].copy_from_slice(src);
+                        }
+                    }
+                    gemm(MatRef::row_major(&gyb[..cog * m], cog, m), MatRef::row_major(&rows[..m * kr], m, kr), dst, true, par);
+                }
             }
         }
     };
@@ -254,11 +268,8 @@ pub fn conv2d_backward_weight<T: Float>(g: &ConvGeom, x: &[T], gy: &[T], gw: &mu
             .into_par_iter()
             .map(|tid| {
                 let mut acc = vec![T::zero(); gw.len()];
-                T::with_scratch(2 * pb * kr, |cols| {
-                    for i in (tid..g.n).step_by(t) {
-                        one_image(i, &mut acc, cols, false);
-                    }
-                });
+                let imgs: Vec<usize> = (tid..g.n).step_by(t).collect();
+                T::with_scratch(scratch, |buf| run(&imgs, &mut acc, buf, false));
                 acc
             })
             .collect();
@@ -266,26 +277,21 @@ pub fn conv2d_backward_weight<T: Float>(g: &ConvGeom, x: &[T], gy: &[T], gw: &mu
             gw.iter_mut().zip(part).for_each(|(a, b)| *a += b);
         }
     } else {
-        T::with_scratch(2 * pb * kr, |cols| {
-            for i in 0..g.n {
-                one_image(i, gw, cols, true);
-            }
-        });
+        let imgs: Vec<usize> = (0..g.n).collect();
+        T::with_scratch(scratch, |buf| run(&imgs, gw, buf, true));
     }
 }
 
-/// dst (cols, rows) = src (rows, cols)ᵀ, in small tiles (inputs here fit in cache).
+/// dst (cols, rows) = src (rows, cols)ᵀ, in tiles: each tile's source rows stay in L1
+/// while its destination rows are written contiguously.
 pub fn transpose<T: Float>(src: &[T], rows: usize, cols: usize, dst: &mut [T]) {
-    const B: usize = 16;
+    const B: usize = 32;
     for r0 in (0..rows).step_by(B) {
         let r1 = (r0 + B).min(rows);
-        for c0 in (0..cols).step_by(B) {
-            let c1 = (c0 + B).min(cols);
-            for r in r0..r1 {
-                let srow = &src[r * cols + c0..r * cols + c1];
-                for (k, &v) in srow.iter().enumerate() {
-                    dst[(c0 + k) * rows + r] = v;
-                }
+        for c in 0..cols {
+            let drow = &mut dst[c * rows + r0..c * rows + r1];
+            for (k, d) in drow.iter_mut().enumerate() {
+                *d = src[(r0 + k) * cols + c];
             }
         }
     }
@@ -294,13 +300,10 @@ pub fn transpose<T: Float>(src: &[T], rows: usize, cols: usize, dst: &mut [T]) {
 /// gb = Σ over N, OH, OW of gy. gy: (N, C_out, OH, OW); gb: (C_out) (overwritten).
 pub fn conv2d_backward_bias<T: Float>(g: &ConvGeom, gy: &[T], gb: &mut [T]) {
     let (oh, ow) = g.oh_ow();
-    let p = oh * ow;
-    gb.iter_mut().for_each(|v| *v = T::zero());
-    for i in 0..g.n {
-        for (co, b) in gb.iter_mut().enumerate() {
-            let s: T = gy[(i * g.c_out + co) * p..(i * g.c_out + co + 1) * p].iter().copied().sum();
-            *b += s;
-        }
+    // One vectorised, parallel sum per (image, channel) plane, then a sum over images.
+    let sums = crate::simd::row_sums(&gy[..g.n * g.c_out * oh * ow], oh * ow);
+    for (co, b) in gb.iter_mut().enumerate() {
+        *b = T::from_f64((0..g.n).map(|i| sums[i * g.c_out + co]).sum()).unwrap_or(T::zero());
     }
 }
 
