@@ -6,16 +6,12 @@ use crate::op::{BinaryOp, Op, UnaryOp};
 use crate::{float_dispatch, DType, Error, Result, Tensor};
 
 /// out[i] = f(x[i]): parallel chunks, vectorised for the CPU at hand (cnnkit-kernels::simd).
-pub(crate) fn map_vec<T: Copy + Send + Sync, U: Copy + Default + Send + Sync>(x: &[T], f: impl Fn(T) -> U + Sync + Send) -> Vec<U> {
+pub(crate) fn map_vec<T: Copy + Send + Sync, U: Copy + Send + Sync>(x: &[T], f: impl Fn(T) -> U + Sync + Send) -> Vec<U> {
     cnnkit_kernels::simd::map(x, f)
 }
 
 /// out[i] = f(a[i], b[i]), as [`map_vec`].
-pub(crate) fn zip_vec<T: Copy + Send + Sync, U: Copy + Default + Send + Sync>(
-    a: &[T],
-    b: &[T],
-    f: impl Fn(T, T) -> U + Sync + Send,
-) -> Vec<U> {
+pub(crate) fn zip_vec<T: Copy + Send + Sync, U: Copy + Send + Sync>(a: &[T], b: &[T], f: impl Fn(T, T) -> U + Sync + Send) -> Vec<U> {
     cnnkit_kernels::simd::zip(a, b, f)
 }
 

@@ -41,31 +41,46 @@ pub fn with_best_isa<R>(f: impl FnOnce() -> R) -> R {
 /// overhead, small enough to balance two or more cores.
 pub const CHUNK: usize = 1 << 14;
 
-/// out[i] = f(x[i]), in parallel chunks, each vectorised for the best ISA.
-pub fn map<T: Copy + Send + Sync, U: Copy + Default + Send + Sync>(x: &[T], f: impl Fn(T) -> U + Sync + Send) -> Vec<U> {
+/// Builds a vector of `n` elements by letting `fill` initialise every element of each chunk
+/// (parallel chunks of [`CHUNK`]). Skips zero-filling memory that is about to be overwritten.
+fn build<U: Copy + Send + Sync>(n: usize, fill: impl Fn(usize, &mut [std::mem::MaybeUninit<U>]) + Sync + Send) -> Vec<U> {
     use rayon::prelude::*;
-    let mut out = vec![U::default(); x.len()];
-    let body = |o: &mut [U], i: &[T]| with_best_isa(|| o.iter_mut().zip(i).for_each(|(o, &v)| *o = f(v)));
-    if x.len() >= 2 * CHUNK {
-        out.par_chunks_mut(CHUNK).zip(x.par_chunks(CHUNK)).for_each(|(o, i)| body(o, i));
+    let mut out: Vec<U> = Vec::with_capacity(n);
+    let spare = &mut out.spare_capacity_mut()[..n];
+    if n >= 2 * CHUNK {
+        spare.par_chunks_mut(CHUNK).enumerate().for_each(|(i, o)| fill(i * CHUNK, o));
     } else {
-        body(&mut out, x);
+        fill(0, spare);
     }
+    // SAFETY: `fill` wrote every element of every chunk (each callback below writes its whole
+    // output slice), so the first n elements are initialised.
+    unsafe { out.set_len(n) };
     out
 }
 
+/// out[i] = f(x[i]), in parallel chunks, each vectorised for the best ISA.
+pub fn map<T: Copy + Send + Sync, U: Copy + Send + Sync>(x: &[T], f: impl Fn(T) -> U + Sync + Send) -> Vec<U> {
+    build(x.len(), |start, o| {
+        let i = &x[start..start + o.len()];
+        with_best_isa(|| {
+            o.iter_mut().zip(i).for_each(|(o, &v)| {
+                o.write(f(v));
+            })
+        })
+    })
+}
+
 /// out[i] = f(a[i], b[i]), in parallel chunks, each vectorised for the best ISA.
-pub fn zip<T: Copy + Send + Sync, U: Copy + Default + Send + Sync>(a: &[T], b: &[T], f: impl Fn(T, T) -> U + Sync + Send) -> Vec<U> {
-    use rayon::prelude::*;
+pub fn zip<T: Copy + Send + Sync, U: Copy + Send + Sync>(a: &[T], b: &[T], f: impl Fn(T, T) -> U + Sync + Send) -> Vec<U> {
     let n = a.len().min(b.len());
-    let mut out = vec![U::default(); n];
-    let body = |o: &mut [U], x: &[T], y: &[T]| with_best_isa(|| o.iter_mut().zip(x.iter().zip(y)).for_each(|(o, (&p, &q))| *o = f(p, q)));
-    if n >= 2 * CHUNK {
-        out.par_chunks_mut(CHUNK).zip(a[..n].par_chunks(CHUNK).zip(b[..n].par_chunks(CHUNK))).for_each(|(o, (x, y))| body(o, x, y));
-    } else {
-        body(&mut out, &a[..n], &b[..n]);
-    }
-    out
+    build(n, |start, o| {
+        let (x, y) = (&a[start..start + o.len()], &b[start..start + o.len()]);
+        with_best_isa(|| {
+            o.iter_mut().zip(x.iter().zip(y)).for_each(|(o, (&p, &q))| {
+                o.write(f(p, q));
+            })
+        })
+    })
 }
 
 /// Σ rows of length `r`: out[j] = Σ x[j·r .. (j+1)·r], accumulated in f64 for accuracy.

@@ -17,7 +17,7 @@ struct Mem {
 impl BatchSource for Mem {
     fn batches(&self, epoch: usize) -> Box<dyn Iterator<Item = Result<(Tensor, Tensor)>> + '_> {
         let n = self.y.numel();
-        let perm = Tensor::randperm_with(n, &mut Generator::new(self.seed ^ (epoch as u64 + 1) * 0x9E37));
+        let perm = Tensor::randperm_with(n, &mut Generator::new(self.seed ^ ((epoch as u64 + 1) * 0x9E37)));
         Box::new((0..n).step_by(self.batch).map(move |s| {
             let idx = perm.narrow(0, s, self.batch.min(n - s))?;
             Ok((self.x.index_select(0, &idx)?, self.y.index_select(0, &idx)?))
