@@ -6,7 +6,7 @@
 //! Threads: batches with at least as many images as threads split over images (each thread
 //! runs a single-threaded GEMM on its own image); small batches let GEMM use all threads.
 
-use crate::matmul::{gemm, MatRef};
+use crate::matmul::{gemm, gemm_strided, MatRef};
 use crate::Float;
 use rayon::prelude::*;
 
@@ -225,20 +225,20 @@ pub fn conv2d_backward_weight<T: Float>(g: &ConvGeom, x: &[T], gy: &[T], gw: &mu
     let cog = g.c_out / g.groups;
     let x_img = g.c_in * g.h * g.w;
     let x_grp = (g.c_in / g.groups) * g.h * g.w;
-    // gw += gy (C_out/G, P) · colsᵀ (P, K). The gemm crate runs this fastest with colsᵀ
-    // stored row-major (measured: packing the (K, P) im2col layout was 42% of this kernel).
-    // Work is cut into blocks that stay in cache: a band of output rows of one image, or, when
-    // whole images are small, several images at once (their gy rows copied side by side), so
-    // each GEMM call has enough work (small layers otherwise drown in per-call overhead).
+    // gw (C_out/G, K) += gy (C_out/G, P) · colsᵀ (P, K), accumulated column-major: with that
+    // output layout the gemm crate packs only gy (small) and reads cols in place (measured: a
+    // row-major output made it repack all of cols, 42% of this kernel). Work goes in blocks
+    // that stay in cache: a band of output rows of one image, or several small images at once.
     const BLOCK: usize = 128 * 1024;
     let rows_per_blk = (BLOCK / (kr * ow).max(1)).clamp(1, oh);
     let imgs_per_blk = if rows_per_blk == oh { (BLOCK / (kr * p).max(1)).clamp(1, 16) } else { 1 };
     let pb = rows_per_blk * ow * imgs_per_blk;
-    let scratch = 2 * pb * kr + cog * pb;
-    // Accumulates images `imgs` into acc (C_out, K) using buf (scratch).
+    let one = rows_per_blk * ow * kr; // one image's block of cols, when images are batched
+    let scratch = pb * kr + cog * pb + if imgs_per_blk > 1 { one } else { 0 };
+    // Accumulates images `imgs` into acc (column-major per group: (K, C_out/G) row-major).
     let run = |imgs: &[usize], acc: &mut [T], buf: &mut [T], par: bool| {
         let (cols, rest) = buf.split_at_mut(pb * kr);
-        let (rows, gyb) = rest.split_at_mut(pb * kr);
+        let (gyb, tmp) = rest.split_at_mut(cog * pb);
         for chunk in imgs.chunks(imgs_per_blk) {
             for grp in 0..g.groups {
                 let dst = &mut acc[grp * cog * kr..(grp + 1) * cog * kr];
@@ -246,39 +246,61 @@ pub fn conv2d_backward_weight<T: Float>(g: &ConvGeom, x: &[T], gy: &[T], gw: &mu
                     let oy1 = (oy0 + rows_per_blk).min(oh);
                     let n = (oy1 - oy0) * ow;
                     let m = n * chunk.len();
+                    // cols (K, m): image b's pixels in columns b·n .. (b+1)·n.
                     for (b, &i) in chunk.iter().enumerate() {
                         let xg = &x[i * x_img + grp * x_grp..i * x_img + (grp + 1) * x_grp];
-                        im2col_rows(g, xg, oy0, oy1, &mut cols[..kr * n]);
-                        transpose(&cols[..kr * n], kr, n, &mut rows[b * n * kr..(b + 1) * n * kr]);
-                        for co in 0..cog {
-                            let src = &gy[(i * g.c_out + grp * cog + co) * p + oy0 * ow..][..n];
-                            gyb[co * m + b * n..co * m + (b + 1) * n].copy_from_slice(src);
+                        if chunk.len() == 1 {
+                            im2col_rows(g, xg, oy0, oy1, &mut cols[..kr * n]);
+                        } else {
+                            im2col_rows(g, xg, oy0, oy1, &mut tmp[..kr * n]);
+                            for r in 0..kr {
+                                cols[r * m + b * n..r * m + (b + 1) * n].copy_from_slice(&tmp[r * n..(r + 1) * n]);
+                            }
                         }
                     }
-                    gemm(MatRef::row_major(&gyb[..cog * m], cog, m), MatRef::row_major(&rows[..m * kr], m, kr), dst, true, par);
+                    let cm = MatRef { data: &cols[..kr * m], rows: m, cols: kr, rs: 1, cs: m as isize };
+                    if chunk.len() == 1 {
+                        let i = chunk[0];
+                        let gyi =
+                            MatRef { data: &gy[(i * g.c_out + grp * cog) * p + oy0 * ow..], rows: cog, cols: n, rs: p as isize, cs: 1 };
+                        gemm_strided(gyi, cm, dst, 1, cog as isize, true, par);
+                    } else {
+                        for (b, &i) in chunk.iter().enumerate() {
+                            for co in 0..cog {
+                                let src = &gy[(i * g.c_out + grp * cog + co) * p..][..n];
+                                gyb[co * m + b * n..co * m + (b + 1) * n].copy_from_slice(src);
+                            }
+                        }
+                        gemm_strided(MatRef::row_major(&gyb[..cog * m], cog, m), cm, dst, 1, cog as isize, true, par);
+                    }
                 }
             }
         }
     };
-    gw.iter_mut().for_each(|v| *v = T::zero());
+    let mut acc = vec![T::zero(); gw.len()];
     if batch_parallel(g.n) {
         // Each thread accumulates a private gradient over its share of images, then they are summed.
         let t = crate::num_threads().min(g.n);
         let partials: Vec<Vec<T>> = (0..t)
             .into_par_iter()
             .map(|tid| {
-                let mut acc = vec![T::zero(); gw.len()];
+                let mut part = vec![T::zero(); gw.len()];
                 let imgs: Vec<usize> = (tid..g.n).step_by(t).collect();
-                T::with_scratch(scratch, |buf| run(&imgs, &mut acc, buf, false));
-                acc
+                T::with_scratch(scratch, |buf| run(&imgs, &mut part, buf, false));
+                part
             })
             .collect();
         for part in partials {
-            gw.iter_mut().zip(part).for_each(|(a, b)| *a += b);
+            acc.iter_mut().zip(part).for_each(|(a, b)| *a += b);
         }
     } else {
         let imgs: Vec<usize> = (0..g.n).collect();
-        T::with_scratch(scratch, |buf| run(&imgs, gw, buf, true));
+        T::with_scratch(scratch, |buf| run(&imgs, &mut acc, buf, true));
+    }
+    // Column-major (K, C_out/G) per group → row-major (C_out/G, K).
+    for grp in 0..g.groups {
+        let r = grp * cog * kr..(grp + 1) * cog * kr;
+        transpose(&acc[r.clone()], kr, cog, &mut gw[r]);
     }
 }
 
@@ -338,6 +360,24 @@ mod tests {
                 groups,
             })
             .prop_filter("kernel must fit", |g| g.out_hw().is_some())
+    }
+
+    /// Large enough that the weight gradient works in bands of output rows (one image at a time).
+    #[test]
+    fn banded_weight_gradient_matches_naive() {
+        let g =
+            ConvGeom { n: 3, c_in: 64, h: 21, w: 40, c_out: 5, kh: 3, kw: 3, stride: (1, 2), padding: (1, 1), dilation: (1, 1), groups: 1 };
+        let mut s = 5;
+        let (oh, ow) = g.out_hw().unwrap();
+        let x = rand_vec(g.n * g.c_in * g.h * g.w, &mut s);
+        let w = rand_vec(g.c_out * g.col_rows(), &mut s);
+        let gy = rand_vec(g.n * g.c_out * oh * ow, &mut s);
+        let (_, gw_want) = reference::conv2d_backward_naive(&g, &x, &w, &gy);
+        let mut gw = vec![0.0; w.len()];
+        conv2d_backward_weight(&g, &x, &gy, &mut gw);
+        for (a, e) in gw.iter().zip(&gw_want) {
+            assert!((a - e).abs() < 1e-9, "gw {a} vs {e}");
+        }
     }
 
     proptest! {

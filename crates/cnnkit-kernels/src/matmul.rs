@@ -32,15 +32,28 @@ impl<'a, T> MatRef<'a, T> {
 /// c (m, n) = beta·c + a (m, k) @ b (k, n), c row-major contiguous.
 /// `accumulate = false` overwrites c. `parallel` lets gemm use the rayon pool.
 pub fn gemm<T: Float>(a: MatRef<T>, b: MatRef<T>, c: &mut [T], accumulate: bool, parallel: bool) {
+    gemm_strided(a, b, c, b.cols as isize, 1, accumulate, parallel)
+}
+
+/// As [`gemm`], with c's element (i, j) at `c[i·c_rs + j·c_cs]` (e.g. column-major c, whose
+/// layout lets the gemm crate skip packing for some operand shapes).
+pub fn gemm_strided<T: Float>(a: MatRef<T>, b: MatRef<T>, c: &mut [T], c_rs: isize, c_cs: isize, accumulate: bool, parallel: bool) {
     let (m, k, n) = (a.rows, a.cols, b.cols);
+    if m > 0 && n > 0 {
+        let last = (m - 1) as isize * c_rs + (n - 1) as isize * c_cs;
+        assert!(c_rs >= 0 && c_cs >= 0 && (last as usize) < c.len(), "gemm: output view out of bounds");
+    }
     assert_eq!(b.rows, k, "gemm: inner dimensions differ");
-    assert!(c.len() >= m * n, "gemm: output too small");
     if m == 0 || n == 0 {
         return;
     }
     if k == 0 {
         if !accumulate {
-            c[..m * n].iter_mut().for_each(|v| *v = T::zero());
+            for i in 0..m {
+                for j in 0..n {
+                    c[i * c_rs as usize + j * c_cs as usize] = T::zero();
+                }
+            }
         }
         return;
     }
@@ -57,8 +70,8 @@ pub fn gemm<T: Float>(a: MatRef<T>, b: MatRef<T>, c: &mut [T], accumulate: bool,
             n,
             k,
             c.as_mut_ptr(),
-            1,
-            n as isize,
+            c_cs,
+            c_rs,
             accumulate,
             a.data.as_ptr(),
             a.cs,
