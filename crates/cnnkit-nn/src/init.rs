@@ -65,26 +65,25 @@ pub fn ones_(t: &Tensor) -> Result<()> {
     constant_(t, 1.0)
 }
 
-/// He et al. 2015, uniform: bound = gain·√(3 / fan).
-pub fn kaiming_uniform_with(t: &Tensor, a: f64, mode: FanMode, nl: Nonlinearity, g: &mut Generator) -> Result<()> {
+/// He et al. 2015: std = gain / √fan, with PyTorch's rule that `a` is the negative slope of a
+/// leaky ReLU (as `kaiming_*_(tensor, a, mode, nonlinearity)`).
+fn kaiming_std(t: &Tensor, a: f64, mode: FanMode, nl: Nonlinearity) -> Result<f64> {
     let (fi, fo) = fan_in_fan_out(t.shape())?;
     let fan = if mode == FanMode::FanIn { fi } else { fo };
     let gain = match nl {
         Nonlinearity::LeakyRelu(_) => calculate_gain(Nonlinearity::LeakyRelu(a)),
         other => calculate_gain(other),
     };
-    let bound = 3f64.sqrt() * gain / (fan as f64).sqrt();
+    Ok(gain / (fan as f64).sqrt())
+}
+/// He et al. 2015, uniform: bound = √3 · gain / √fan.
+pub fn kaiming_uniform_with(t: &Tensor, a: f64, mode: FanMode, nl: Nonlinearity, g: &mut Generator) -> Result<()> {
+    let bound = 3f64.sqrt() * kaiming_std(t, a, mode, nl)?;
     uniform_with(t, -bound, bound, g)
 }
 /// He et al. 2015, normal: std = gain / √fan.
 pub fn kaiming_normal_with(t: &Tensor, a: f64, mode: FanMode, nl: Nonlinearity, g: &mut Generator) -> Result<()> {
-    let (fi, fo) = fan_in_fan_out(t.shape())?;
-    let fan = if mode == FanMode::FanIn { fi } else { fo };
-    let gain = match nl {
-        Nonlinearity::LeakyRelu(_) => calculate_gain(Nonlinearity::LeakyRelu(a)),
-        other => calculate_gain(other),
-    };
-    normal_with(t, 0.0, gain / (fan as f64).sqrt(), g)
+    normal_with(t, 0.0, kaiming_std(t, a, mode, nl)?, g)
 }
 /// Glorot & Bengio 2010, uniform: bound = gain·√(6 / (fan_in + fan_out)).
 pub fn xavier_uniform_with(t: &Tensor, gain: f64, g: &mut Generator) -> Result<()> {

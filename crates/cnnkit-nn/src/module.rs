@@ -36,6 +36,12 @@ pub trait Module: Send + Sync {
     }
 }
 
+/// The (name, tensor) list of a layer's own parameters or buffers, skipping absent ones:
+/// `named(&[("weight", Some(&self.weight)), ("bias", self.bias.as_ref())])`.
+pub fn named(items: &[(&str, Option<&Tensor>)]) -> Vec<(String, Tensor)> {
+    items.iter().filter_map(|(n, t)| t.map(|t| (n.to_string(), t.clone()))).collect()
+}
+
 /// What `load_state_dict` found, as PyTorch's `_IncompatibleKeys` plus shape mismatches.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct LoadReport {

@@ -163,9 +163,7 @@ impl Module for Conv2d {
         conv_forward(&self.config, x, &self.weight, self.bias.as_ref(), |p| self.args(p))
     }
     fn own_parameters(&self) -> Vec<(String, Tensor)> {
-        let mut v = vec![("weight".to_string(), self.weight.clone())];
-        v.extend(self.bias.iter().map(|b| ("bias".to_string(), b.clone())));
-        v
+        crate::module::named(&[("weight", Some(&self.weight)), ("bias", self.bias.as_ref())])
     }
     fn describe(&self) -> String {
         let c = &self.config;
@@ -248,9 +246,7 @@ impl Module for Conv1d {
         }
     }
     fn own_parameters(&self) -> Vec<(String, Tensor)> {
-        let mut v = vec![("weight".to_string(), self.weight.clone())];
-        v.extend(self.bias.iter().map(|b| ("bias".to_string(), b.clone())));
-        v
+        crate::module::named(&[("weight", Some(&self.weight)), ("bias", self.bias.as_ref())])
     }
     fn describe(&self) -> String {
         let c = &self.config;
@@ -356,9 +352,7 @@ impl Module for ConvTranspose2d {
         )
     }
     fn own_parameters(&self) -> Vec<(String, Tensor)> {
-        let mut v = vec![("weight".to_string(), self.weight.clone())];
-        v.extend(self.bias.iter().map(|b| ("bias".to_string(), b.clone())));
-        v
+        crate::module::named(&[("weight", Some(&self.weight)), ("bias", self.bias.as_ref())])
     }
     fn describe(&self) -> String {
         let c = &self.config;

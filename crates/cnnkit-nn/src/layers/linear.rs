@@ -38,9 +38,7 @@ impl Module for Linear {
         x.linear(&self.weight, self.bias.as_ref())
     }
     fn own_parameters(&self) -> Vec<(String, Tensor)> {
-        let mut v = vec![("weight".to_string(), self.weight.clone())];
-        v.extend(self.bias.iter().map(|b| ("bias".to_string(), b.clone())));
-        v
+        crate::module::named(&[("weight", Some(&self.weight)), ("bias", self.bias.as_ref())])
     }
     fn describe(&self) -> String {
         format!(

@@ -124,17 +124,14 @@ impl Module for BatchNorm {
         )
     }
     fn own_parameters(&self) -> Vec<(String, Tensor)> {
-        let mut v = Vec::new();
-        v.extend(self.weight.iter().map(|t| ("weight".to_string(), t.clone())));
-        v.extend(self.bias.iter().map(|t| ("bias".to_string(), t.clone())));
-        v
+        crate::module::named(&[("weight", self.weight.as_ref()), ("bias", self.bias.as_ref())])
     }
     fn own_buffers(&self) -> Vec<(String, Tensor)> {
-        let mut v = Vec::new();
-        v.extend(self.running_mean.iter().map(|t| ("running_mean".to_string(), t.clone())));
-        v.extend(self.running_var.iter().map(|t| ("running_var".to_string(), t.clone())));
-        v.extend(self.num_batches_tracked.iter().map(|t| ("num_batches_tracked".to_string(), t.clone())));
-        v
+        crate::module::named(&[
+            ("running_mean", self.running_mean.as_ref()),
+            ("running_var", self.running_var.as_ref()),
+            ("num_batches_tracked", self.num_batches_tracked.as_ref()),
+        ])
     }
     fn set_own_training(&self, t: bool) {
         self.training.store(t, Ordering::Relaxed);
@@ -207,10 +204,7 @@ impl Module for GroupNorm {
         affine(y, self.weight.as_ref(), self.bias.as_ref(), x.ndim())
     }
     fn own_parameters(&self) -> Vec<(String, Tensor)> {
-        let mut v = Vec::new();
-        v.extend(self.weight.iter().map(|t| ("weight".to_string(), t.clone())));
-        v.extend(self.bias.iter().map(|t| ("bias".to_string(), t.clone())));
-        v
+        crate::module::named(&[("weight", self.weight.as_ref()), ("bias", self.bias.as_ref())])
     }
     fn describe(&self) -> String {
         format!("GroupNorm({}, {}, eps={}, affine={})", self.num_groups, self.num_channels, self.eps, self.weight.is_some())
@@ -272,10 +266,7 @@ impl Module for LayerNorm {
         }
     }
     fn own_parameters(&self) -> Vec<(String, Tensor)> {
-        let mut v = Vec::new();
-        v.extend(self.weight.iter().map(|t| ("weight".to_string(), t.clone())));
-        v.extend(self.bias.iter().map(|t| ("bias".to_string(), t.clone())));
-        v
+        crate::module::named(&[("weight", self.weight.as_ref()), ("bias", self.bias.as_ref())])
     }
     fn describe(&self) -> String {
         format!("LayerNorm({:?}, eps={}, elementwise_affine={})", self.normalized_shape, self.eps, self.weight.is_some())
@@ -361,17 +352,14 @@ impl Module for InstanceNorm2d {
         }
     }
     fn own_parameters(&self) -> Vec<(String, Tensor)> {
-        let mut v = Vec::new();
-        v.extend(self.weight.iter().map(|t| ("weight".to_string(), t.clone())));
-        v.extend(self.bias.iter().map(|t| ("bias".to_string(), t.clone())));
-        v
+        crate::module::named(&[("weight", self.weight.as_ref()), ("bias", self.bias.as_ref())])
     }
     fn own_buffers(&self) -> Vec<(String, Tensor)> {
-        let mut v = Vec::new();
-        v.extend(self.running_mean.iter().map(|t| ("running_mean".to_string(), t.clone())));
-        v.extend(self.running_var.iter().map(|t| ("running_var".to_string(), t.clone())));
-        v.extend(self.num_batches_tracked.iter().map(|t| ("num_batches_tracked".to_string(), t.clone())));
-        v
+        crate::module::named(&[
+            ("running_mean", self.running_mean.as_ref()),
+            ("running_var", self.running_var.as_ref()),
+            ("num_batches_tracked", self.num_batches_tracked.as_ref()),
+        ])
     }
     fn set_own_training(&self, t: bool) {
         self.training.store(t, Ordering::Relaxed);
