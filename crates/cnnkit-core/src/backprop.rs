@@ -130,7 +130,9 @@ fn input_grads(op: &Op, y: &Tensor, g: &Tensor) -> Result<Vec<(Tensor, Tensor)>>
         Op::Clamp { x, min, max } => {
             let gx = float_dispatch!("backward", x.dtype(), T => {
                 let (xv, gv) = (x.to_vec::<T>()?, g.to_vec::<T>()?);
-                let pass = |v: f64| min.is_none_or(|m| v >= m) && max.is_none_or(|m| v <= m);
+                // Strictly inside the bounds, as PyTorch's clamp with scalar bounds: a value
+                // sitting exactly on a bound gets no gradient.
+                let pass = |v: f64| min.is_none_or(|m| v > m) && max.is_none_or(|m| v < m);
                 vec_t(xv.iter().zip(&gv).map(|(&v, &gg)| if pass(v.as_f64()) { gg } else { T::zero() }).collect(), x.shape())?
             });
             out.push((x.clone(), gx));
@@ -328,9 +330,11 @@ fn input_grads(op: &Op, y: &Tensor, g: &Tensor) -> Result<Vec<(Tensor, Tensor)>>
             });
             out.push((x.clone(), gx));
         }
-        Op::Bilinear { x, align_corners } => {
+        Op::Bilinear { x, align_corners, scales } => {
             let (h, w, oh, ow) = (x.shape()[2], x.shape()[3], y.shape()[2], y.shape()[3]);
-            let (ty, tx) = (crate::nn_ops::bilinear_taps(h, oh, *align_corners), crate::nn_ops::bilinear_taps(w, ow, *align_corners));
+            let (sh, sw) = (scales.map(|s| s.0), scales.map(|s| s.1));
+            let (ty, tx) =
+                (crate::nn_ops::bilinear_taps(h, oh, *align_corners, sh), crate::nn_ops::bilinear_taps(w, ow, *align_corners, sw));
             let gx = float_dispatch!("backward", x.dtype(), T => {
                 let gv = g.to_vec::<T>()?;
                 let mut gx = vec![0.0f64; x.numel()];

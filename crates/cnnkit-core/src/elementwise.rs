@@ -210,10 +210,11 @@ impl UnaryOp {
                 let s = one / (one + (-x).exp());
                 t + x * s * (one - t * t)
             }
+            // At the kinks PyTorch takes 0 at x = −3 and 1 at x = 3 (the outer branches).
             UnaryOp::Hardswish => {
-                if x < c(-3.0) {
+                if x <= c(-3.0) {
                     zero
-                } else if x <= c(3.0) {
+                } else if x < c(3.0) {
                     x / c(3.0) + c(0.5)
                 } else {
                     one

@@ -269,7 +269,14 @@ impl Tensor {
         let (n, c, h, w) = (x.shape()[0], x.shape()[1], x.shape()[2], x.shape()[3]);
         let s = float_dispatch!("max_unpool2d", x.dtype(), T => {
             let mut y = vec![T::zero(); n * c * plane_out];
-            x.with_data(|xd: &[T]| pool::scatter_plane_indices(xd, &iv, plane_out, h * w, &mut y))?;
+            // Assign, as PyTorch: overlapping pooling windows repeat an index with the same value,
+            // which must land once, not be summed (backward gathers, so each copy gets the gradient).
+            x.with_data(|xd: &[T]| {
+                for (p, (xp, ip)) in xd.chunks(h * w).zip(iv.chunks(h * w)).enumerate() {
+                    let yp = &mut y[p * plane_out..(p + 1) * plane_out];
+                    xp.iter().zip(ip).for_each(|(&v, &i)| yp[i as usize] = v);
+                }
+            })?;
             T::into_storage(y)
         });
         let y = Tensor::from_op(s, &[n, c, out_hw.0, out_hw.1], Op::MaxUnpool { x: x.clone(), idx: idx.contiguous()? });
@@ -424,31 +431,39 @@ impl Tensor {
 
     /// `F.interpolate(mode="nearest", size=(OH, OW))` on the last two dims.
     pub fn upsample_nearest2d(&self, oh: usize, ow: usize) -> Result<Tensor> {
+        self.upsample_nearest2d_scaled(oh, ow, None)
+    }
+
+    /// `F.interpolate(mode="nearest", scale_factor=(sh, sw))` resizing to (OH, OW) = ⌊(H·sh, W·sw)⌋:
+    /// with `scales` the source index is ⌊o / s⌋ rather than ⌊o · in/out⌋ (PyTorch's default
+    /// recompute_scale_factor=None), which differs when in·s is not an integer.
+    pub fn upsample_nearest2d_scaled(&self, oh: usize, ow: usize, scales: Option<(f64, f64)>) -> Result<Tensor> {
         let nd = self.ndim();
         if nd < 3 || oh == 0 || ow == 0 {
             return Err(Error::bad_shape("upsample_nearest2d", self.shape(), "expects (N, C, H, W) and a non-empty size"));
         }
         let (h, w) = (self.shape()[nd - 2], self.shape()[nd - 1]);
-        let (sy, sx) = (h as f32 / oh as f32, w as f32 / ow as f32);
-        let mut map = Vec::with_capacity(oh * ow);
-        for oy in 0..oh {
-            let iy = ((oy as f32 * sy).floor() as usize).min(h - 1);
-            for ox in 0..ow {
-                let ix = ((ox as f32 * sx).floor() as usize).min(w - 1);
-                map.push((iy * w + ix) as i64);
-            }
-        }
+        let (iy, ix) = (nearest_taps(h, oh, scales.map(|s| s.0)), nearest_taps(w, ow, scales.map(|s| s.1)));
+        let map = iy.iter().flat_map(|&y| ix.iter().map(move |&x| (y * w + x) as i64)).collect();
         self.plane_map(Arc::new(map), oh, ow, 0.0)
     }
 
     /// `F.interpolate(mode="bilinear", size=(OH, OW), align_corners=…)` on the last two dims.
     pub fn upsample_bilinear2d(&self, oh: usize, ow: usize, align_corners: bool) -> Result<Tensor> {
+        self.upsample_bilinear2d_scaled(oh, ow, align_corners, None)
+    }
+
+    /// `F.interpolate(mode="bilinear", scale_factor=(sh, sw), align_corners=…)` resizing to
+    /// (OH, OW): with `scales` (and align_corners false) source coordinates use 1/s rather than
+    /// in/out, as PyTorch does by default (recompute_scale_factor=None).
+    pub fn upsample_bilinear2d_scaled(&self, oh: usize, ow: usize, align_corners: bool, scales: Option<(f64, f64)>) -> Result<Tensor> {
         let (x, added) = as_4d(self, "upsample_bilinear2d")?;
         if oh == 0 || ow == 0 {
             return Err(Error::bad_shape("upsample_bilinear2d", x.shape(), "empty output size"));
         }
         let (n, c, h, w) = (x.shape()[0], x.shape()[1], x.shape()[2], x.shape()[3]);
-        let (ty, tx) = (bilinear_taps(h, oh, align_corners), bilinear_taps(w, ow, align_corners));
+        let (sh, sw) = (scales.map(|s| s.0), scales.map(|s| s.1));
+        let (ty, tx) = (bilinear_taps(h, oh, align_corners, sh), bilinear_taps(w, ow, align_corners, sw));
         let s = float_dispatch!("upsample_bilinear2d", x.dtype(), T => {
             let xv = x.to_vec::<T>()?;
             let mut y = vec![T::zero(); n * c * oh * ow];
@@ -464,13 +479,32 @@ impl Tensor {
             });
             T::into_storage(y)
         });
-        let y = Tensor::from_op(s, &[n, c, oh, ow], Op::Bilinear { x: x.clone(), align_corners });
+        let y = Tensor::from_op(s, &[n, c, oh, ow], Op::Bilinear { x: x.clone(), align_corners, scales });
         unbatch(y, added)
     }
 }
 
-/// Source taps (i0, i1, λ1) per output index, as PyTorch's area_pixel_compute_source_index.
-pub(crate) fn bilinear_taps(inp: usize, out: usize, align_corners: bool) -> Vec<(usize, usize, f64)> {
+/// Nearest source index per output index, as PyTorch's nearest_idx (legacy "nearest"): copies
+/// when out = in, halves when out = 2·in, else ⌊o·scale⌋ in f32 with scale = 1/s when a
+/// scale_factor s was given and in/out otherwise.
+fn nearest_taps(inp: usize, out: usize, scale_factor: Option<f64>) -> Vec<usize> {
+    let scale = scale_factor.map_or(inp as f32 / out as f32, |s| (1.0 / s) as f32);
+    (0..out)
+        .map(|o| {
+            if out == inp {
+                o
+            } else if out == 2 * inp {
+                o >> 1
+            } else {
+                ((o as f32 * scale).floor() as usize).min(inp - 1)
+            }
+        })
+        .collect()
+}
+
+/// Source taps (i0, i1, λ1) per output index, as PyTorch's area_pixel_compute_source_index;
+/// `scale_factor` (the user's s, used as 1/s) replaces in/out when align_corners is false.
+pub(crate) fn bilinear_taps(inp: usize, out: usize, align_corners: bool, scale_factor: Option<f64>) -> Vec<(usize, usize, f64)> {
     (0..out)
         .map(|o| {
             let src = if align_corners {
@@ -480,7 +514,8 @@ pub(crate) fn bilinear_taps(inp: usize, out: usize, align_corners: bool) -> Vec<
                     0.0
                 }
             } else {
-                ((o as f64 + 0.5) * inp as f64 / out as f64 - 0.5).max(0.0)
+                let scale = scale_factor.map_or(inp as f64 / out as f64, |s| 1.0 / s);
+                ((o as f64 + 0.5) * scale - 0.5).max(0.0)
             };
             let i0 = (src.floor() as usize).min(inp - 1);
             let i1 = (i0 + 1).min(inp - 1);

@@ -204,10 +204,11 @@ pub enum Op {
         dim: usize,
         log: bool,
     },
-    /// Bilinear resize of the last two dims.
+    /// Bilinear resize of the last two dims; `scales` is F.interpolate's scale_factor, if given.
     Bilinear {
         x: Tensor,
         align_corners: bool,
+        scales: Option<(f64, f64)>,
     },
     Custom {
         f: Arc<dyn CustomOp>,

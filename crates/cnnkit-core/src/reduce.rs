@@ -113,12 +113,30 @@ impl Tensor {
     pub fn argmin(&self, dim: isize, keepdim: bool) -> Result<Tensor> {
         Ok(self.min_dim(dim, keepdim)?.1)
     }
-    /// Maximum of all elements (0-d).
+    /// Maximum of all elements (0-d). Its gradient is shared evenly among tied maxima, as
+    /// PyTorch's `x.max()` (unlike `max_dim`, which picks the first).
     pub fn max_all(&self) -> Result<Tensor> {
-        self.flatten(0, -1)?.max_dim(0, false).map(|r| r.0)
+        self.extreme_all(true)
     }
+    /// Minimum of all elements (0-d); ties share the gradient as in [`Tensor::max_all`].
     pub fn min_all(&self) -> Result<Tensor> {
-        self.flatten(0, -1)?.min_dim(0, false).map(|r| r.0)
+        self.extreme_all(false)
+    }
+    fn extreme_all(&self, want_max: bool) -> Result<Tensor> {
+        let flat = self.flatten(0, -1)?;
+        let m = if want_max { flat.max_dim(0, false)?.0 } else { flat.min_dim(0, false)?.0 };
+        if !self.requires_grad() || !crate::grad_mode::is_grad_enabled() || !m.item()?.is_finite() {
+            return Ok(m);
+        }
+        let tied = self.eq(&m.detach())?;
+        let k = tied.count_nonzero()?;
+        if k <= 1 {
+            return Ok(m);
+        }
+        // The mean of the k tied elements carries the gradient (g/k each); adding it as
+        // s − detach(s), an exact zero, keeps the value exactly m (s itself may round).
+        let s = Tensor::where_cond(&tied, self, &self.zeros_like())?.sum_all()?.div_scalar(k as f64)?;
+        m.detach().add(&s.sub(&s.detach())?)
     }
 
     /// log Σ exp along dim, computed stably around the maximum.

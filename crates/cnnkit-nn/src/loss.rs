@@ -2,7 +2,8 @@
 //! gradients come from autograd. Semantics and defaults follow PyTorch exactly, including
 //! the weight-normalised mean of cross_entropy/nll_loss and the log clamp of BCE.
 
-use cnnkit_core::{DType, Error, Result, Tensor};
+use cnnkit_core::{CustomOp, DType, Error, Result, Tensor};
+use std::sync::Arc;
 
 /// How per-element losses are combined.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
@@ -180,13 +181,36 @@ pub fn cross_entropy(input: &Tensor, target: &Tensor, o: &CrossEntropyOptions) -
     nll_r.mul_scalar(1.0 - eps)?.add(&smooth_r.mul_scalar(eps / c as f64)?)
 }
 
+/// BCE's pointwise loss −(y·log p + (1 − y)·log(1 − p)), logs clamped at −100, with PyTorch's
+/// backward: ∂/∂p = (p − y) / max(p(1 − p), 1e-12) and ∂/∂y = log(1 − p) − log(p). Composing it
+/// from log and clamp instead gives 0·∞ = NaN at a saturated p = 0 or 1 (the clamped log passes
+/// no gradient but 1/p is infinite), where PyTorch's fused gradient stays finite.
+struct BinaryCrossEntropy;
+
+impl CustomOp for BinaryCrossEntropy {
+    fn name(&self) -> &str {
+        "binary_cross_entropy"
+    }
+    fn forward(&self, inputs: &[Tensor]) -> Result<Tensor> {
+        let (p, y) = (&inputs[0], &inputs[1]);
+        let lp = p.log()?.clamp(Some(-100.0), None)?;
+        let l1p = p.neg()?.add_scalar(1.0)?.log()?.clamp(Some(-100.0), None)?;
+        y.mul(&lp)?.add(&y.neg()?.add_scalar(1.0)?.mul(&l1p)?)?.neg()
+    }
+    fn backward(&self, inputs: &[Tensor], _output: &Tensor, g: &Tensor) -> Result<Vec<Option<Tensor>>> {
+        let (p, y) = (&inputs[0], &inputs[1]);
+        let one_minus_p = p.neg()?.add_scalar(1.0)?;
+        let gp = p.requires_grad().then(|| g.mul(&p.sub(y)?)?.div(&p.mul(&one_minus_p)?.clamp(Some(1e-12), None)?)).transpose()?;
+        let gy = y.requires_grad().then(|| g.mul(&one_minus_p.log()?.sub(&p.log()?)?)).transpose()?;
+        Ok(vec![gp, gy])
+    }
+}
+
 /// `F.binary_cross_entropy`. p, y: same shape, p in [0, 1]; weight broadcasts.
-/// Logs are clamped at −100 as PyTorch does, so p = 0 or 1 gives a finite loss.
+/// Logs are clamped at −100 as PyTorch does, so p = 0 or 1 gives a finite loss (and gradient).
 pub fn binary_cross_entropy(p: &Tensor, y: &Tensor, weight: Option<&Tensor>, reduction: Reduction) -> Result<Tensor> {
     same_shape("binary_cross_entropy", p, y)?;
-    let lp = p.log()?.clamp(Some(-100.0), None)?;
-    let l1p = p.neg()?.add_scalar(1.0)?.log()?.clamp(Some(-100.0), None)?;
-    let mut per = y.mul(&lp)?.add(&y.neg()?.add_scalar(1.0)?.mul(&l1p)?)?.neg()?;
+    let mut per = Tensor::apply_custom(Arc::new(BinaryCrossEntropy), &[p.clone(), y.clone()])?;
     if let Some(w) = weight {
         per = per.mul(w)?;
     }

@@ -10,7 +10,8 @@ pub enum UpsampleMode {
 }
 
 /// `nn.Upsample` / `F.interpolate` on (N, C, H, W): to a fixed size or by a scale factor
-/// (output = floor(input·scale)). Bilinear honours align_corners (default false).
+/// (output = floor(input·scale); source coordinates use 1/scale, as PyTorch's default
+/// recompute_scale_factor=None). Bilinear honours align_corners (default false).
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Upsample {
     pub size: Option<(usize, usize)>,
@@ -49,9 +50,11 @@ pub fn interpolate(
         (None, Some((sh, sw))) if sh > 0.0 && sw > 0.0 => ((h as f64 * sh).floor() as usize, (w as f64 * sw).floor() as usize),
         _ => return Err(Error::invalid("interpolate", "give exactly one of size and a positive scale_factor")),
     };
+    // A given scale_factor also sets the source coordinates (1/s, not in/out), as PyTorch's
+    // default recompute_scale_factor=None does.
     match mode {
-        UpsampleMode::Nearest => x.upsample_nearest2d(oh, ow),
-        UpsampleMode::Bilinear => x.upsample_bilinear2d(oh, ow, align_corners),
+        UpsampleMode::Nearest => x.upsample_nearest2d_scaled(oh, ow, scale_factor),
+        UpsampleMode::Bilinear => x.upsample_bilinear2d_scaled(oh, ow, align_corners, scale_factor),
     }
 }
 
@@ -77,13 +80,18 @@ impl PixelShuffle {
 }
 
 impl Module for PixelShuffle {
+    /// x: (*, C·r², H, W) → (*, C, H·r, W·r); any number of leading dims, as PyTorch.
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let r = self.upscale_factor;
-        if x.ndim() != 4 || r == 0 || !x.shape()[1].is_multiple_of(r * r) {
+        let nd = x.ndim();
+        if nd < 3 || r == 0 || !x.shape()[nd - 3].is_multiple_of(r * r) {
             return Err(Error::bad_shape("PixelShuffle", x.shape(), format!("channels must be divisible by upscale_factor²={}", r * r)));
         }
-        let (n, c, h, w) = (x.shape()[0], x.shape()[1] / (r * r), x.shape()[2], x.shape()[3]);
-        x.reshape(&[n, c, r, r, h, w])?.permute(&[0, 1, 4, 2, 5, 3])?.reshape(&[n, c, h * r, w * r])
+        let lead = &x.shape()[..nd - 3];
+        let n: usize = lead.iter().product();
+        let (c, h, w) = (x.shape()[nd - 3] / (r * r), x.shape()[nd - 2], x.shape()[nd - 1]);
+        let y = x.reshape(&[n, c, r, r, h, w])?.permute(&[0, 1, 4, 2, 5, 3])?;
+        y.reshape(&[lead, &[c, h * r, w * r]].concat())
     }
 }
 
@@ -99,13 +107,15 @@ impl ChannelShuffle {
     }
 }
 
-/// `channel_shuffle(x, groups)` as torchvision's ShuffleNetV2 does it.
+/// `channel_shuffle(x, groups)` as torchvision's ShuffleNetV2 does it. x: (N, C, *) with at
+/// least one trailing dim, as F.channel_shuffle.
 pub fn channel_shuffle(x: &Tensor, groups: usize) -> Result<Tensor> {
-    if x.ndim() != 4 || groups == 0 || !x.shape()[1].is_multiple_of(groups) {
+    if x.ndim() < 3 || groups == 0 || !x.shape()[1].is_multiple_of(groups) {
         return Err(Error::bad_shape("ChannelShuffle", x.shape(), format!("channels must be divisible by groups={groups}")));
     }
-    let (n, c, h, w) = (x.shape()[0], x.shape()[1], x.shape()[2], x.shape()[3]);
-    x.reshape(&[n, groups, c / groups, h, w])?.transpose(1, 2)?.reshape(&[n, c, h, w])
+    let (n, c) = (x.shape()[0], x.shape()[1]);
+    let rest: usize = x.shape()[2..].iter().product();
+    x.reshape(&[n, groups, c / groups, rest])?.transpose(1, 2)?.reshape(x.shape())
 }
 
 impl Module for ChannelShuffle {
