@@ -3,6 +3,8 @@
 //! Every error is one line on stderr and exit code 2.
 
 mod bench;
+mod data;
+mod train;
 
 use clap::{Parser, Subcommand};
 
@@ -15,6 +17,12 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Train a model (default: the seed's SimpleCNN on the built-in shapes data).
+    Train(train::TrainArgs),
+    /// Evaluate a checkpoint on a test set.
+    Eval(train::EvalArgs),
+    /// Classify image files with a checkpoint.
+    Predict(train::PredictArgs),
     /// Measure kernels and training steps.
     Bench {
         #[command(subcommand)]
@@ -42,6 +50,9 @@ fn main() {
     };
     let result = match cli.command {
         Command::Bench { what } => bench::run(what),
+        Command::Train(a) => train::train(a),
+        Command::Eval(a) => train::eval(a),
+        Command::Predict(a) => train::predict(a),
     };
     if let Err(e) = result {
         eprintln!("error: {e}");

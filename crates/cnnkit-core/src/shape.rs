@@ -240,14 +240,17 @@ impl Tensor {
         let n = self.shape()[d];
         let mut shape = self.shape().to_vec();
         shape[d] = iv.len();
+        // Borrow the data (no copy of the whole tensor: batching indexes a big dataset).
         let s = any_dispatch!(self.dtype(), T => {
-            let x = self.to_vec::<T>()?;
-            let mut out = Vec::with_capacity(outer * iv.len() * inner);
-            for o in 0..outer {
-                for &i in &iv {
-                    out.extend_from_slice(&x[(o * n + i) * inner..(o * n + i + 1) * inner]);
+            let out = self.with_data(|x: &[T]| {
+                let mut out = Vec::with_capacity(outer * iv.len() * inner);
+                for o in 0..outer {
+                    for &i in &iv {
+                        out.extend_from_slice(&x[(o * n + i) * inner..(o * n + i + 1) * inner]);
+                    }
                 }
-            }
+                out
+            })?;
             T::into_storage(out)
         });
         Ok(Tensor::from_op(s, &shape, Op::IndexSelect { x: self.clone(), dim: d, idx: idx.clone() }))
@@ -257,10 +260,7 @@ impl Tensor {
     pub fn gather(&self, dim: isize, idx: &Tensor) -> Result<Tensor> {
         let d = self.norm_dim(dim, "gather")?;
         let offs = scatter_offsets(self.shape(), idx, d, "gather")?;
-        let s = any_dispatch!(self.dtype(), T => {
-            let x = self.to_vec::<T>()?;
-            T::into_storage(offs.iter().map(|&(o, _)| x[o]).collect())
-        });
+        let s = any_dispatch!(self.dtype(), T => T::into_storage(self.with_data(|x: &[T]| offs.iter().map(|&(o, _)| x[o]).collect::<Vec<T>>())?));
         Ok(Tensor::from_op(s, idx.shape(), Op::Gather { x: self.clone(), dim: d, idx: idx.clone() }))
     }
 

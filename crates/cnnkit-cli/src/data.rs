@@ -1,0 +1,137 @@
+//! Datasets the CLI can train on, held in memory, and the batch source the trainer reads.
+
+use cnnkit::core::{Error, Generator, Result, Tensor};
+use cnnkit::train::BatchSource;
+
+/// A labelled image set in memory: images (N, C, H, W) f32 in [0, 1], labels (N) i64.
+pub struct ImageSet {
+    pub images: Tensor,
+    pub labels: Tensor,
+    pub classes: Vec<String>,
+}
+
+impl ImageSet {
+    pub fn len(&self) -> usize {
+        self.labels.numel()
+    }
+    /// (C, H, W).
+    pub fn chw(&self) -> [usize; 3] {
+        let s = self.images.shape();
+        [s[1], s[2], s[3]]
+    }
+    /// Splits off the last `frac` of the samples (PyTorch's random_split, seeded).
+    pub fn split(self, frac: f64, seed: u64) -> Result<(ImageSet, ImageSet)> {
+        let n = self.len();
+        let k = ((n as f64) * frac).round() as usize;
+        if !(0.0..1.0).contains(&frac) || k == 0 || k >= n {
+            return Err(Error::invalid("--val-split", format!("{frac} leaves no training or validation images from {n}")));
+        }
+        let perm = Tensor::randperm_with(n, &mut Generator::new(seed ^ 0x51));
+        let (a, b) = (perm.narrow(0, 0, n - k)?, perm.narrow(0, n - k, k)?);
+        let part = |idx: &Tensor| -> Result<ImageSet> {
+            Ok(ImageSet {
+                images: self.images.index_select(0, idx)?,
+                labels: self.labels.index_select(0, idx)?,
+                classes: self.classes.clone(),
+            })
+        };
+        Ok((part(&a)?, part(&b)?))
+    }
+}
+
+/// Names accepted by `--dataset`.
+pub const DATASETS: &[&str] = &["shapes", "digits", "mnist", "fashion-mnist", "kmnist", "cifar10", "cifar100", "folder"];
+
+/// Loads (train, test) for `name`. Built-in synthetic sets need no files.
+pub fn load(name: &str, data: Option<&str>, seed: u64, train_size: usize, test_size: usize) -> Result<(ImageSet, ImageSet)> {
+    match name {
+        "shapes" => {
+            let classes: Vec<String> = cnnkit::synthetic::SHAPE_CLASSES.iter().map(|s| s.to_string()).collect();
+            let (x, y, _, _) = cnnkit::synthetic::shapes(train_size, 32, 3, seed.wrapping_mul(2) + 1)?;
+            let (tx, ty, _, _) = cnnkit::synthetic::shapes(test_size, 32, 3, seed.wrapping_mul(2) + 2)?;
+            Ok((ImageSet { images: x, labels: y, classes: classes.clone() }, ImageSet { images: tx, labels: ty, classes }))
+        }
+        "digits" => {
+            let classes: Vec<String> = (0..10).map(|d| d.to_string()).collect();
+            let (x, y) = cnnkit::synthetic::digits28(train_size, seed.wrapping_mul(2) + 1)?;
+            let (tx, ty) = cnnkit::synthetic::digits28(test_size, seed.wrapping_mul(2) + 2)?;
+            Ok((ImageSet { images: x, labels: y, classes: classes.clone() }, ImageSet { images: tx, labels: ty, classes }))
+        }
+        "mnist" | "fashion-mnist" | "kmnist" | "cifar10" | "cifar100" | "folder" => Err(Error::invalid(
+            "--dataset",
+            format!("'{name}' (from {}) needs the file loaders of cnnkit-data, which this build does not have yet; use --dataset shapes or digits", data.unwrap_or("--data DIR")),
+        )),
+        other => Err(Error::invalid("--dataset", format!("unknown dataset '{other}' (known: {})", DATASETS.join(", ")))),
+    }
+}
+
+/// Batches of an [`ImageSet`], shuffled per epoch from (seed, epoch) so a resumed run sees the
+/// same order; optional augmentation (random horizontal flip and ±2-pixel translation).
+pub struct Batches<'a> {
+    pub set: &'a ImageSet,
+    pub batch_size: usize,
+    pub shuffle: bool,
+    pub augment: bool,
+    pub seed: u64,
+}
+
+impl Batches<'_> {
+    fn augment(&self, x: &Tensor, g: &mut Generator) -> Result<Tensor> {
+        let [c, h, w] = self.set.chw();
+        let n = x.shape()[0];
+        let src = x.to_vec::<f32>()?;
+        let mut out = vec![0f32; src.len()];
+        for i in 0..n {
+            let flip = g.below(2) == 1;
+            let (dy, dx) = (g.below(5) as isize - 2, g.below(5) as isize - 2);
+            for ch in 0..c {
+                let plane = (i * c + ch) * h * w;
+                for y in 0..h {
+                    let sy = y as isize + dy;
+                    if sy < 0 || sy >= h as isize {
+                        continue;
+                    }
+                    for xx in 0..w {
+                        let sx0 = if flip { w - 1 - xx } else { xx } as isize + dx;
+                        if sx0 >= 0 && sx0 < w as isize {
+                            out[plane + y * w + xx] = src[plane + sy as usize * w + sx0 as usize];
+                        }
+                    }
+                }
+            }
+        }
+        Tensor::from_vec(out, x.shape())
+    }
+}
+
+impl Batches<'_> {
+    /// Batches per epoch (also available through the trait).
+    pub fn num_batches_pub(&self) -> usize {
+        self.set.len().div_ceil(self.batch_size.max(1))
+    }
+}
+
+impl BatchSource for Batches<'_> {
+    fn batches(&self, epoch: usize) -> Box<dyn Iterator<Item = Result<(Tensor, Tensor)>> + '_> {
+        let n = self.set.len();
+        let mut g = Generator::new(self.seed ^ ((epoch as u64 + 1) * 0x9E37_79B9));
+        let order = if self.shuffle {
+            Tensor::randperm_with(n, &mut g)
+        } else {
+            Tensor::from_vec((0..n as i64).collect::<Vec<_>>(), &[n]).unwrap_or_else(|_| Tensor::randperm_with(n, &mut g))
+        };
+        let bs = self.batch_size.max(1);
+        Box::new((0..n).step_by(bs).map(move |s| {
+            let idx = order.narrow(0, s, bs.min(n - s))?;
+            let x = self.set.images.index_select(0, &idx)?;
+            let x = if self.augment { self.augment(&x, &mut g)? } else { x };
+            Ok((x, self.set.labels.index_select(0, &idx)?))
+        }))
+    }
+    fn num_batches(&self) -> usize {
+        self.set.len().div_ceil(self.batch_size.max(1))
+    }
+    fn num_images(&self) -> usize {
+        self.set.len()
+    }
+}
