@@ -241,6 +241,8 @@ conv1d = [
     dict(cin=2, cout=2, k=3, stride=1, padding=1, dilation=1, groups=2, bias=True, mode="reflect", shape=[2, 2, 7]),
     dict(cin=2, cout=3, k=3, stride=1, padding=2, dilation=1, groups=1, bias=True, mode="circular", shape=[1, 2, 6]),
     dict(cin=3, cout=2, k=5, stride=2, padding=0, dilation=1, groups=1, bias=True, mode="zeros", shape=[3, 12]),
+    dict(cin=2, cout=2, k=4, stride=1, padding="same", dilation=3, groups=1, bias=True, mode="zeros", shape=[2, 2, 13]),
+    dict(cin=2, cout=4, k=3, stride=1, padding="same", dilation=1, groups=2, bias=True, mode="replicate", shape=[1, 2, 6]),
 ]
 for i, c in enumerate(conv1d):
     cfg = dict(kind="conv1d", in_channels=c["cin"], out_channels=c["cout"], kernel_size=c["k"], stride=c["stride"],
@@ -257,6 +259,7 @@ convt = [
     dict(cin=2, cout=4, k=[3, 2], stride=[2, 1], padding=[1, 0], output_padding=[1, 0], groups=1, dilation=[1, 2], bias=True,
          shape=[1, 2, 4, 5]),
     dict(cin=2, cout=3, k=4, stride=2, padding=1, output_padding=0, groups=1, dilation=1, bias=True, shape=[2, 3, 3]),
+    dict(cin=2, cout=2, k=3, stride=1, padding=0, output_padding=1, groups=1, dilation=2, bias=True, shape=[1, 2, 3, 4]),
 ]
 for i, c in enumerate(convt):
     cfg = dict(kind="conv_transpose2d", in_channels=c["cin"], out_channels=c["cout"], kernel_size=pair(c["k"]),
@@ -386,8 +389,8 @@ for kind, make, shape in [("batch_norm2d", lambda: nn.BatchNorm2d(3), [4, 3, 2, 
     layer(case, dict(cfg, **ILL), make, x=r(*shape) * 0.5 + 60.0)
 
 inorm = [
-    (3, dict(eps=1e-5, momentum=0.1, affine=False, track_running_stats=False), [2, 3, 4, 5], [True]),
-    (3, dict(eps=1e-5, momentum=0.1, affine=True, track_running_stats=False), [1, 3, 3, 4], [True]),
+    (3, dict(eps=1e-5, momentum=0.1, affine=False, track_running_stats=False), [2, 3, 4, 5], [True, False]),
+    (3, dict(eps=1e-5, momentum=0.1, affine=True, track_running_stats=False), [1, 3, 3, 4], [True, False]),
     (3, dict(eps=1e-5, momentum=0.1, affine=True, track_running_stats=True), [2, 3, 4, 5], [True, False]),
     (2, dict(eps=1e-3, momentum=0.4, affine=False, track_running_stats=True), [3, 2, 3, 3], [True, False]),
     (2, dict(eps=1e-5, momentum=0.1, affine=True, track_running_stats=False), [2, 4, 3], [True]),
@@ -429,6 +432,10 @@ for kind, make in (("softmax", nn.Softmax), ("log_softmax", nn.LogSoftmax)):
     xm = r(3, 5) * 3
     xm[0, 1] = xm[1, 4] = xm[2, 0] = xm[2, 3] = float("-inf")
     layer(case, dict(kind=kind, dim=1), lambda make=make: make(dim=1), x=xm)
+for kind, make in (("softmax", nn.Softmax), ("log_softmax", nn.LogSoftmax)):
+    case = f"{kind}_size1_dim"  # a dim of size 1: probability 1, log-probability 0, zero gradient
+    seed(case)
+    layer(case, dict(kind=kind, dim=1), lambda make=make: make(dim=1), x=r(3, 1, 2))
 seed("softmax_large")
 layer("softmax_large", dict(kind="softmax", dim=1), lambda: nn.Softmax(dim=1), x=r(3, 6) * 40)
 seed("log_softmax_large")
@@ -544,6 +551,10 @@ for i, mode in enumerate(["reflect", "replicate", "circular"]):
 O_case("conv_transpose2d_00", dict(stride=[2, 3], padding=[1, 0], dilation=[1, 2], groups=2, output_padding=[1, 2]),
        lambda x, w, b: F.conv_transpose2d(x, w, b, stride=(2, 3), padding=(1, 0), output_padding=(1, 2), groups=2, dilation=(1, 2)),
        lambda: r(2, 4, 3, 4), dict(w=w_(4, 3, 3, 2), b=w_(6)))
+# output_padding at or above the stride (allowed while below the dilation).
+O_case("conv_transpose2d_02", dict(stride=[1, 2], padding=[1, 0], dilation=[3, 1], groups=1, output_padding=[2, 1]),
+       lambda x, w, b: F.conv_transpose2d(x, w, b, stride=(1, 2), padding=(1, 0), output_padding=(2, 1), dilation=(3, 1)),
+       lambda: r(2, 2, 3, 4), dict(w=w_(2, 3, 2, 3), b=w_(3)))
 O_case("conv_transpose2d_01", dict(stride=[1, 1], padding=[0, 0], dilation=[1, 1], groups=1, output_padding=[0, 0]),
        lambda x, w: F.conv_transpose2d(x, w), lambda: r(1, 2, 4, 3), dict(w=w_(2, 3, 2, 2)))
 O_case("max_pool2d_with_indices_00", dict(kernel=[3, 2], stride=[2, 1], padding=[1, 1], dilation=[1, 2], ceil_mode=True),

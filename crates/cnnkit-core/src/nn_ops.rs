@@ -208,8 +208,18 @@ impl Tensor {
         };
         // The convolution whose input-gradient this op computes: input (N, C_out, OH, OW).
         let geom = ConvGeom { n, c_in: c_out, h: oh, w: ow, c_out: c_in, kh, kw, stride: s, padding: p, dilation: d, groups: args.groups };
-        if geom.out_hw() != Some((h, wd)) {
-            return Err(Error::bad_shape("conv_transpose2d", x.shape(), "inconsistent geometry"));
+        match geom.out_hw() {
+            Some(hw) if hw == (h, wd) => {}
+            // output_padding ≥ stride (allowed while < dilation): that convolution sees more rows
+            // or columns than x has. Zero rows/columns there add nothing, as in PyTorch, so pad x
+            // with them; the output padding left over is then below the stride.
+            Some((gh, gw)) if gh >= h && gw >= wd => {
+                let left = |g: usize, s: usize, p: usize, d: usize, k: usize, o: usize| o + 2 * p - ((g - 1) * s + d * (k - 1) + 1);
+                let op2 = (left(gh, s.0, p.0, d.0, kh, oh), left(gw, s.1, p.1, d.1, kw, ow));
+                let xp = x.pad2d([0, (gw - wd) as isize, 0, (gh - h) as isize], PadMode::Constant, 0.0)?;
+                return unbatch(xp.conv_transpose2d(w, b, args, op2)?, added);
+            }
+            _ => return Err(Error::bad_shape("conv_transpose2d", x.shape(), "inconsistent geometry")),
         }
         let st = float_dispatch!("conv_transpose2d", x.dtype(), T => {
             let mut y = vec![T::zero(); n * c_out * oh * ow];
