@@ -4,6 +4,7 @@
 
 mod bench;
 mod data;
+mod formats;
 mod train;
 
 use clap::{Parser, Subcommand};

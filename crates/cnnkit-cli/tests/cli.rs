@@ -177,3 +177,50 @@ fn resume_from_the_cli() {
     assert_eq!(weights(&straight), weights(&resumed));
     std::fs::remove_dir_all(&dir).ok();
 }
+
+/// MNIST-format (IDX, gzip) files written here train end to end; broken files fail cleanly.
+#[test]
+fn train_on_idx_files() {
+    use std::io::Write;
+    let dir = tmpdir("idx");
+    let (x, y) = cnnkit::synthetic::digits28(1600, 3).unwrap();
+    let px: Vec<u8> = x.to_vec::<f32>().unwrap().iter().map(|v| (v * 255.0) as u8).collect();
+    let lab: Vec<u8> = y.to_vec::<i64>().unwrap().iter().map(|&v| v as u8).collect();
+    let write = |name: &str, dims: &[u32], data: &[u8]| {
+        let mut v = vec![0u8, 0, 8, dims.len() as u8];
+        dims.iter().for_each(|d| v.extend(d.to_be_bytes()));
+        v.extend_from_slice(data);
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        gz.write_all(&v).unwrap();
+        std::fs::write(dir.join(name), gz.finish().unwrap()).unwrap();
+    };
+    write("train-images-idx3-ubyte.gz", &[1500, 28, 28], &px[..1500 * 784]);
+    write("train-labels-idx1-ubyte.gz", &[1500], &lab[..1500]);
+    write("t10k-images-idx3-ubyte.gz", &[100, 28, 28], &px[1500 * 784..]);
+    write("t10k-labels-idx1-ubyte.gz", &[100], &lab[1500..]);
+    let out = dir.join("run");
+    let (code, stdout, err) = cnnkit(&[
+        "train",
+        "--dataset",
+        "mnist",
+        "--data",
+        dir.to_str().unwrap(),
+        "--epochs",
+        "3",
+        "--out",
+        out.to_str().unwrap(),
+        "--json",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let j = last_json(&stdout);
+    assert_eq!((j["train_images"].as_u64(), j["test_images"].as_u64()), (Some(1500), Some(100)));
+    assert!(j["test_accuracy"].as_f64().unwrap() > 0.8, "{j}");
+    std::fs::write(dir.join("t10k-labels-idx1-ubyte.gz"), b"garbage").unwrap();
+    let (code, _, err) = cnnkit(&["train", "--dataset", "mnist", "--data", dir.to_str().unwrap(), "--epochs", "1"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("t10k-labels-idx1-ubyte.gz") && err.trim().lines().count() == 1, "{err}");
+    let (code, _, err) = cnnkit(&["train", "--dataset", "cifar10", "--data", dir.to_str().unwrap(), "--epochs", "1"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("data_batch_1.bin"), "{err}");
+    std::fs::remove_dir_all(&dir).ok();
+}
