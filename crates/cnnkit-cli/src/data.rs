@@ -77,41 +77,58 @@ pub fn load(name: &str, data: Option<&str>, seed: u64, train_size: usize, test_s
 
 /// Batches of an [`ImageSet`], shuffled per epoch from (seed, epoch) so a resumed run sees the
 /// same order; optional augmentation (random horizontal flip and ±2-pixel translation).
+/// `workers` background threads gather and augment batches ahead of the training step (the
+/// seed's "asynchronous computation"); batch k comes from worker k mod workers and gets its
+/// own RNG from (seed, epoch, k), so the result does not depend on the number of workers.
 pub struct Batches<'a> {
     pub set: &'a ImageSet,
     pub batch_size: usize,
     pub shuffle: bool,
     pub augment: bool,
     pub seed: u64,
+    pub workers: usize,
 }
 
-impl Batches<'_> {
-    fn augment(&self, x: &Tensor, g: &mut Generator) -> Result<Tensor> {
-        let [c, h, w] = self.set.chw();
-        let n = x.shape()[0];
-        let src = x.to_vec::<f32>()?;
-        let mut out = vec![0f32; src.len()];
-        for i in 0..n {
-            let flip = g.below(2) == 1;
-            let (dy, dx) = (g.below(5) as isize - 2, g.below(5) as isize - 2);
-            for ch in 0..c {
-                let plane = (i * c + ch) * h * w;
-                for y in 0..h {
-                    let sy = y as isize + dy;
-                    if sy < 0 || sy >= h as isize {
-                        continue;
-                    }
-                    for xx in 0..w {
-                        let sx0 = if flip { w - 1 - xx } else { xx } as isize + dx;
-                        if sx0 >= 0 && sx0 < w as isize {
-                            out[plane + y * w + xx] = src[plane + sy as usize * w + sx0 as usize];
-                        }
+/// Batches each worker may run ahead of the consumer.
+const PREFETCH: usize = 4;
+
+/// Random flip and ±2-pixel shift of each image. x: (N, C, H, W).
+fn augment(x: &Tensor, g: &mut Generator) -> Result<Tensor> {
+    let (n, c, h, w) = (x.shape()[0], x.shape()[1], x.shape()[2], x.shape()[3]);
+    let src = x.to_vec::<f32>()?;
+    let mut out = vec![0f32; src.len()];
+    for i in 0..n {
+        let flip = g.below(2) == 1;
+        let (dy, dx) = (g.below(5) as isize - 2, g.below(5) as isize - 2);
+        for ch in 0..c {
+            let plane = (i * c + ch) * h * w;
+            for y in 0..h {
+                let sy = y as isize + dy;
+                if sy < 0 || sy >= h as isize {
+                    continue;
+                }
+                for xx in 0..w {
+                    let sx = if flip { w - 1 - xx } else { xx } as isize + dx;
+                    if sx >= 0 && sx < w as isize {
+                        out[plane + y * w + xx] = src[plane + sy as usize * w + sx as usize];
                     }
                 }
             }
         }
-        Tensor::from_vec(out, x.shape())
     }
+    Tensor::from_vec(out, x.shape())
+}
+
+/// Batch `k` of an epoch: the images at `order[k·bs ..]`, augmented when asked.
+fn make_batch(images: &Tensor, labels: &Tensor, order: &Tensor, k: usize, bs: usize, aug: Option<u64>) -> Result<(Tensor, Tensor)> {
+    let n = order.numel();
+    let idx = order.narrow(0, k * bs, bs.min(n - k * bs))?;
+    let x = images.index_select(0, &idx)?;
+    let x = match aug {
+        Some(seed) => augment(&x, &mut Generator::new(seed ^ (k as u64).wrapping_mul(0xD1B5_4A32_D192_ED03)))?,
+        None => x,
+    };
+    Ok((x, labels.index_select(0, &idx)?))
 }
 
 impl Batches<'_> {
@@ -124,24 +141,66 @@ impl Batches<'_> {
 impl BatchSource for Batches<'_> {
     fn batches(&self, epoch: usize) -> Box<dyn Iterator<Item = Result<(Tensor, Tensor)>> + '_> {
         let n = self.set.len();
-        let mut g = Generator::new(self.seed ^ ((epoch as u64 + 1) * 0x9E37_79B9));
+        let epoch_seed = self.seed ^ ((epoch as u64 + 1) * 0x9E37_79B9);
         let order = if self.shuffle {
-            Tensor::randperm_with(n, &mut g)
+            Tensor::randperm_with(n, &mut Generator::new(epoch_seed))
         } else {
-            Tensor::from_vec((0..n as i64).collect::<Vec<_>>(), &[n]).unwrap_or_else(|_| Tensor::randperm_with(n, &mut g))
+            Tensor::arange(0.0, n as f64, 1.0, cnnkit::core::DType::I64)
+                .unwrap_or_else(|_| Tensor::randperm_with(n, &mut Generator::new(0)))
         };
         let bs = self.batch_size.max(1);
-        Box::new((0..n).step_by(bs).map(move |s| {
-            let idx = order.narrow(0, s, bs.min(n - s))?;
-            let x = self.set.images.index_select(0, &idx)?;
-            let x = if self.augment { self.augment(&x, &mut g)? } else { x };
-            Ok((x, self.set.labels.index_select(0, &idx)?))
+        let nb = n.div_ceil(bs);
+        let aug = self.augment.then_some(epoch_seed);
+        if self.workers == 0 {
+            return Box::new((0..nb).map(move |k| make_batch(&self.set.images, &self.set.labels, &order, k, bs, aug)));
+        }
+        // Tensors are Arc-backed: the workers own cheap clones of the data.
+        let w = self.workers;
+        let receivers: Vec<std::sync::mpsc::Receiver<Result<(Tensor, Tensor)>>> = (0..w)
+            .map(|wi| {
+                let (tx, rx) = std::sync::mpsc::sync_channel(PREFETCH);
+                let (images, labels, order) = (self.set.images.clone(), self.set.labels.clone(), order.clone());
+                std::thread::spawn(move || {
+                    for k in (wi..nb).step_by(w) {
+                        // A closed channel means the consumer stopped: just end.
+                        if tx.send(make_batch(&images, &labels, &order, k, bs, aug)).is_err() {
+                            break;
+                        }
+                    }
+                });
+                rx
+            })
+            .collect();
+        Box::new((0..nb).map(move |k| {
+            receivers[k % w].recv().unwrap_or_else(|_| Err(Error::invalid("data loader", "a worker thread stopped unexpectedly")))
         }))
     }
     fn num_batches(&self) -> usize {
-        self.set.len().div_ceil(self.batch_size.max(1))
+        self.num_batches_pub()
     }
     fn num_images(&self) -> usize {
         self.set.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn workers_do_not_change_the_batches() {
+        let (x, y, _, _) = cnnkit::synthetic::shapes(70, 16, 3, 1).unwrap();
+        let set = ImageSet { images: x, labels: y, classes: vec![] };
+        let collect = |workers: usize| -> Vec<(Vec<f32>, Vec<i64>)> {
+            let b = Batches { set: &set, batch_size: 16, shuffle: true, augment: true, seed: 3, workers };
+            b.batches(2).map(|r| r.unwrap()).map(|(x, y)| (x.to_vec::<f32>().unwrap(), y.to_vec::<i64>().unwrap())).collect()
+        };
+        let base = collect(0);
+        assert_eq!(base.len(), 5);
+        assert_eq!(base, collect(1));
+        assert_eq!(base, collect(3));
+        // Dropping the iterator early must not hang the workers.
+        let b = Batches { set: &set, batch_size: 8, shuffle: true, augment: false, seed: 1, workers: 2 };
+        assert!(b.batches(0).next().is_some());
     }
 }

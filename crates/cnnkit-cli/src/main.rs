@@ -19,7 +19,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Train a model (default: the seed's SimpleCNN on the built-in shapes data).
-    Train(train::TrainArgs),
+    Train(Box<train::TrainArgs>),
     /// Evaluate a checkpoint on a test set.
     Eval(train::EvalArgs),
     /// Classify image files with a checkpoint.
@@ -51,7 +51,7 @@ fn main() {
     };
     let result = match cli.command {
         Command::Bench { what } => bench::run(what),
-        Command::Train(a) => train::train(a),
+        Command::Train(a) => train::train(*a),
         Command::Eval(a) => train::eval(a),
         Command::Predict(a) => train::predict(a),
     };

@@ -53,6 +53,10 @@ pub struct TrainArgs {
     early_stopping: Option<usize>,
     #[arg(long)]
     threads: Option<usize>,
+    /// Background threads that prepare batches ahead of the training step (0: on the
+    /// training thread). The batches are the same for any number.
+    #[arg(long, default_value_t = 1)]
+    workers: usize,
     #[arg(long, default_value_t = 0)]
     seed: u64,
     /// Output folder for checkpoints, the metrics log and plots (default runs/DATASET-MODEL).
@@ -131,9 +135,10 @@ pub fn train(a: TrainArgs) -> Result<()> {
     manual_seed(a.seed);
     let model = cnnkit::models::build(&a.model, c, h, w, classes.len())?;
     let mut opt = make_optimizer(&a, model.parameters())?;
-    let train_src = Batches { set: &train_set, batch_size: a.batch_size, shuffle: true, augment: a.augment, seed: a.seed };
+    let train_src =
+        Batches { set: &train_set, batch_size: a.batch_size, shuffle: true, augment: a.augment, seed: a.seed, workers: a.workers };
     let eval_set: &ImageSet = val_set.as_ref().unwrap_or(&test_set);
-    let eval_src = Batches { set: eval_set, batch_size: 256, shuffle: false, augment: false, seed: 0 };
+    let eval_src = Batches { set: eval_set, batch_size: 256, shuffle: false, augment: false, seed: 0, workers: 0 };
     let (mut sched, per_batch) = make_scheduler(&a, opt.as_mut(), train_src.num_batches_pub())?;
     let out = a.out.clone().unwrap_or_else(|| PathBuf::from(format!("runs/{}-{}", a.dataset, a.model)));
     let resume = a.resume.as_ref().map(|p| Checkpoint::load(p)).transpose()?;
@@ -153,8 +158,11 @@ pub fn train(a: TrainArgs) -> Result<()> {
     };
     let report = fit(model.as_ref(), opt.as_mut(), sched_ref, &train_src, &eval_src, &cfg, resume)?;
     // Final figures are on the test set (the validation split only steers training).
-    let test =
-        evaluate(model.as_ref(), &Batches { set: &test_set, batch_size: 256, shuffle: false, augment: false, seed: 0 }, classes.len())?;
+    let test = evaluate(
+        model.as_ref(),
+        &Batches { set: &test_set, batch_size: 256, shuffle: false, augment: false, seed: 0, workers: 0 },
+        classes.len(),
+    )?;
     eprintln!(
         "{} on {}: test accuracy {:.2}% (loss {:.4}) after {} epochs, {:.0} images/s\ncheckpoint {}\nbest       {}\nlog        {}\nplots      {} {}",
         a.model,
@@ -229,7 +237,7 @@ pub fn eval(a: EvalArgs) -> Result<()> {
     let (_, test_set) = data::load(&dataset, a.data.as_deref(), seed, 1, a.test_size)?;
     let m = evaluate(
         model.as_ref(),
-        &Batches { set: &test_set, batch_size: 256, shuffle: false, augment: false, seed: 0 },
+        &Batches { set: &test_set, batch_size: 256, shuffle: false, augment: false, seed: 0, workers: 0 },
         test_set.classes.len(),
     )?;
     eprintln!(
