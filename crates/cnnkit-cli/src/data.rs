@@ -67,10 +67,20 @@ pub fn load(name: &str, data: Option<&str>, seed: u64, train_size: usize, test_s
                 crate::formats::load_idx_dataset(std::path::Path::new(dir), &classes)
             }
         }
-        "folder" => Err(Error::invalid(
-            "--dataset",
-            "ImageFolder loading is not wired in yet (issue 3); use shapes, digits, mnist, fashion-mnist, kmnist, cifar10 or cifar100",
-        )),
+        "folder" => {
+            // ImageFolder: DIR/train/CLASS/* and DIR/test/CLASS/* (or DIR/val), 32×32 RGB.
+            let dir = std::path::Path::new(data.ok_or_else(|| Error::invalid("--data", "--dataset folder needs --data DIR"))?);
+            let test_dir = if dir.join("test").is_dir() { dir.join("test") } else { dir.join("val") };
+            let train = crate::formats::load_image_folder(&dir.join("train"), 32, 3)?;
+            let test = crate::formats::load_image_folder(&test_dir, 32, 3)?;
+            if test.classes != train.classes {
+                return Err(Error::File {
+                    path: test_dir.display().to_string(),
+                    msg: format!("class folders {:?} differ from train's {:?}", test.classes, train.classes),
+                });
+            }
+            Ok((train, test))
+        }
         other => Err(Error::invalid("--dataset", format!("unknown dataset '{other}' (known: {})", DATASETS.join(", ")))),
     }
 }

@@ -222,3 +222,87 @@ mod tests {
         std::fs::remove_dir_all(&d).ok();
     }
 }
+
+/// torchvision's ImageFolder: `dir/CLASS/*.{png,jpg,jpeg,bmp,webp}`, classes in sorted order,
+/// every image decoded and resized to size×size (bilinear), RGB (3 channels) or grey (1).
+pub fn load_image_folder(dir: &Path, size: usize, channels: usize) -> Result<ImageSet> {
+    let rd = std::fs::read_dir(dir).map_err(|e| bad(dir, format!("cannot read folder: {e}")))?;
+    let mut classes: Vec<String> =
+        rd.filter_map(|e| e.ok()).filter(|e| e.path().is_dir()).map(|e| e.file_name().to_string_lossy().into_owned()).collect();
+    classes.sort();
+    if classes.is_empty() {
+        return Err(bad(dir, "no class sub-folders (expected DIR/CLASS/image files)"));
+    }
+    let (mut img, mut lab) = (Vec::new(), Vec::new());
+    for (ci, c) in classes.iter().enumerate() {
+        let cdir = dir.join(c);
+        let mut files: Vec<PathBuf> = std::fs::read_dir(&cdir)
+            .map_err(|e| bad(&cdir, format!("cannot read folder: {e}")))?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| {
+                p.extension()
+                    .and_then(|e| e.to_str())
+                    .is_some_and(|e| ["png", "jpg", "jpeg", "bmp", "webp"].contains(&e.to_ascii_lowercase().as_str()))
+            })
+            .collect();
+        files.sort();
+        for f in files {
+            let t = decode_image(&f, channels, size, size)?;
+            img.extend(t.to_vec::<f32>()?);
+            lab.push(ci as i64);
+        }
+    }
+    if lab.is_empty() {
+        return Err(bad(dir, "no images found in the class folders"));
+    }
+    let n = lab.len();
+    Ok(ImageSet { images: Tensor::from_vec(img, &[n, channels, size, size])?, labels: Tensor::from_vec(lab, &[n])?, classes })
+}
+
+/// Decodes an image file into (C, H, W) f32 in [0, 1], resized (bilinear) to H×W.
+pub fn decode_image(path: &Path, c: usize, h: usize, w: usize) -> Result<Tensor> {
+    let img = image::open(path).map_err(|e| bad(path, format!("cannot decode image: {e}")))?;
+    let img = img.resize_exact(w as u32, h as u32, image::imageops::FilterType::Triangle);
+    let v: Vec<f32> = if c == 1 {
+        img.to_luma8().into_raw().into_iter().map(|p| p as f32 / 255.0).collect()
+    } else {
+        let rgb = img.to_rgb8();
+        let mut out = vec![0f32; 3 * h * w];
+        for (i, p) in rgb.pixels().enumerate() {
+            for ch in 0..3 {
+                out[ch * h * w + i] = p[ch] as f32 / 255.0;
+            }
+        }
+        out
+    };
+    Tensor::from_vec(v, &[c, h, w])
+}
+
+#[cfg(test)]
+mod folder_tests {
+    use super::*;
+
+    #[test]
+    fn image_folder_with_mixed_formats() {
+        let d = std::env::temp_dir().join(format!("cnnkit-folder-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        for (c, fmt) in [("cat", "png"), ("dog", "jpg"), ("eel", "bmp")] {
+            std::fs::create_dir_all(d.join(c)).unwrap();
+            for i in 0..2u8 {
+                let img = image::RgbImage::from_fn(10 + i as u32, 7, |x, _| image::Rgb([x as u8 * 20, 100, i * 50]));
+                img.save(d.join(c).join(format!("{i}.{fmt}"))).unwrap();
+            }
+        }
+        std::fs::write(d.join("cat").join("notes.txt"), "ignored").unwrap();
+        let set = load_image_folder(&d, 8, 3).unwrap();
+        assert_eq!(set.classes, vec!["cat", "dog", "eel"]);
+        assert_eq!(set.images.shape(), &[6, 3, 8, 8]);
+        assert_eq!(set.labels.to_vec::<i64>().unwrap(), vec![0, 0, 1, 1, 2, 2]);
+        assert_eq!(load_image_folder(&d, 8, 1).unwrap().images.shape(), &[6, 1, 8, 8]);
+        std::fs::write(d.join("dog").join("broken.png"), b"not an image").unwrap();
+        let e = load_image_folder(&d, 8, 3).unwrap_err().to_string();
+        assert!(e.contains("broken.png") && e.contains("decode"), "{e}");
+        assert!(load_image_folder(&d.join("cat"), 8, 3).is_err(), "a folder without class sub-folders");
+        std::fs::remove_dir_all(&d).ok();
+    }
+}

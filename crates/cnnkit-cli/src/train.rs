@@ -274,33 +274,13 @@ pub struct PredictArgs {
     json: bool,
 }
 
-/// Decodes an image file into (C, H, W) f32 in [0, 1], resized to the model's input.
-fn load_image(path: &std::path::Path, c: usize, h: usize, w: usize) -> Result<Tensor> {
-    let bad = |msg: String| Error::File { path: path.display().to_string(), msg };
-    let img = image::open(path).map_err(|e| bad(format!("cannot decode image: {e}")))?;
-    let img = img.resize_exact(w as u32, h as u32, image::imageops::FilterType::Triangle);
-    let v: Vec<f32> = if c == 1 {
-        img.to_luma8().into_raw().into_iter().map(|p| p as f32 / 255.0).collect()
-    } else {
-        let rgb = img.to_rgb8();
-        let mut out = vec![0f32; 3 * h * w];
-        for (i, p) in rgb.pixels().enumerate() {
-            for ch in 0..3 {
-                out[ch * h * w + i] = p[ch] as f32 / 255.0;
-            }
-        }
-        out
-    };
-    Tensor::from_vec(v, &[c, h, w])
-}
-
 pub fn predict(a: PredictArgs) -> Result<()> {
     let (model, cfg) = restore(&a.checkpoint)?;
     let dims = |k: &str| cfg[k].as_u64().unwrap_or(0) as usize;
     let (c, h, w) = (dims("in_channels"), dims("height"), dims("width"));
     let names: Vec<String> =
         cfg["class_names"].as_array().map(|v| v.iter().filter_map(|s| s.as_str().map(String::from)).collect()).unwrap_or_default();
-    let imgs: Vec<Tensor> = a.images.iter().map(|p| load_image(p, c, h, w)).collect::<Result<_>>()?;
+    let imgs: Vec<Tensor> = a.images.iter().map(|p| crate::formats::decode_image(p, c, h, w)).collect::<Result<_>>()?;
     let batch = Tensor::stack(&imgs, 0)?;
     let probs = cnnkit::core::with_no_grad(|| model.forward(&batch)?.softmax(1))?;
     let k = a.topk.clamp(1, names.len().max(1));
