@@ -4,6 +4,7 @@
 
 mod bench;
 mod data;
+mod download;
 mod formats;
 mod train;
 
@@ -24,10 +25,29 @@ enum Command {
     Eval(train::EvalArgs),
     /// Classify image files with a checkpoint.
     Predict(train::PredictArgs),
+    /// Dataset files: `cnnkit data download mnist --dir data/mnist`.
+    Data {
+        #[command(subcommand)]
+        what: DataCmd,
+    },
     /// Measure kernels and training steps.
     Bench {
         #[command(subcommand)]
         what: bench::BenchCmd,
+    },
+}
+
+#[derive(Subcommand)]
+enum DataCmd {
+    /// Fetch mnist | fashion-mnist | kmnist | cifar10 | cifar100 from the public mirrors,
+    /// verify checksums, resume partial downloads.
+    Download {
+        name: String,
+        #[arg(long)]
+        dir: std::path::PathBuf,
+        /// Base URL replacing the canonical mirror (also CNNKIT_DATA_MIRROR).
+        #[arg(long)]
+        mirror: Option<String>,
     },
 }
 
@@ -51,6 +71,14 @@ fn main() {
     };
     let result = match cli.command {
         Command::Bench { what } => bench::run(what),
+        Command::Data { what: DataCmd::Download { name, dir, mirror } } => {
+            use std::io::IsTerminal;
+            download::download(&name, &dir, mirror.as_deref(), std::io::stderr().is_terminal()).map(|files| {
+                for f in files {
+                    println!("{}", f.display());
+                }
+            })
+        }
         Command::Train(a) => train::train(*a),
         Command::Eval(a) => train::eval(a),
         Command::Predict(a) => train::predict(a),

@@ -224,3 +224,10 @@ fn train_on_idx_files() {
     assert!(err.contains("data_batch_1.bin"), "{err}");
     std::fs::remove_dir_all(&dir).ok();
 }
+
+#[test]
+fn download_rejects_unknown_datasets() {
+    let (code, out, err) = cnnkit(&["data", "download", "imagenet", "--dir", std::env::temp_dir().to_str().unwrap()]);
+    assert_eq!(code, 2, "{err}");
+    assert!(out.is_empty() && err.contains("imagenet") && err.trim().lines().count() == 1, "{err}");
+}
