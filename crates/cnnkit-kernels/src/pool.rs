@@ -165,7 +165,7 @@ pub fn avg_pool2d<T: Float>(g: &PoolGeom, count_include_pad: bool, x: &[T], y: &
                             s += xp[iy * g.w + ix];
                         }
                     }
-                    yp[oy * ow + ox] = if div == 0 { T::zero() } else { s / T::from_usize(div).unwrap() };
+                    yp[oy * ow + ox] = if div == 0 { T::zero() } else { s / count::<T>(div) };
                 }
             }
         })
@@ -185,7 +185,7 @@ pub fn avg_pool2d_backward<T: Float>(g: &PoolGeom, count_include_pad: bool, gy: 
                     if div == 0 {
                         continue;
                     }
-                    let v = gyp[oy * ow + ox] / T::from_usize(div).unwrap();
+                    let v = gyp[oy * ow + ox] / count::<T>(div);
                     for iy in hs..he {
                         for ix in ws..we {
                             gp[iy * g.w + ix] += v;
@@ -217,7 +217,7 @@ pub fn adaptive_avg_pool2d<T: Float>(h: usize, w: usize, oh: usize, ow: usize, x
                             s += xp[iy * w + ix];
                         }
                     }
-                    yp[oy * ow + ox] = s / T::from_usize((he - hs) * (we - ws)).unwrap();
+                    yp[oy * ow + ox] = s / count::<T>((he - hs) * (we - ws));
                 }
             }
         })
@@ -234,7 +234,7 @@ pub fn adaptive_avg_pool2d_backward<T: Float>(h: usize, w: usize, oh: usize, ow:
                 let (hs, he) = adaptive_range(oy, h, oh);
                 for ox in 0..ow {
                     let (ws, we) = adaptive_range(ox, w, ow);
-                    let v = gyp[oy * ow + ox] / T::from_usize((he - hs) * (we - ws)).unwrap();
+                    let v = gyp[oy * ow + ox] / count::<T>((he - hs) * (we - ws));
                     for iy in hs..he {
                         for ix in ws..we {
                             gp[iy * w + ix] += v;
@@ -327,4 +327,9 @@ mod tests {
         assert_eq!(adaptive_range(1, 5, 3), (1, 4));
         assert_eq!(adaptive_range(2, 5, 3), (3, 5));
     }
+}
+
+/// A window's element count as a float (exact for any realistic window; never fails).
+fn count<T: Float>(n: usize) -> T {
+    T::from_usize(n).unwrap_or_else(T::one)
 }
