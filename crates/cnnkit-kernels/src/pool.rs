@@ -274,6 +274,11 @@ pub fn adaptive_max_pool2d<T: Float>(h: usize, w: usize, oh: usize, ow: usize, x
     });
 }
 
+/// A window's element count as a float (exact for any realistic window; never fails).
+fn count<T: Float>(n: usize) -> T {
+    T::from_usize(n).unwrap_or_else(T::one)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -327,9 +332,4 @@ mod tests {
         assert_eq!(adaptive_range(1, 5, 3), (1, 4));
         assert_eq!(adaptive_range(2, 5, 3), (3, 5));
     }
-}
-
-/// A window's element count as a float (exact for any realistic window; never fails).
-fn count<T: Float>(n: usize) -> T {
-    T::from_usize(n).unwrap_or_else(T::one)
 }
