@@ -12,6 +12,25 @@ pub enum BenchCmd {
     Conv2d(ConvBench),
     /// One training step (zero_grad + forward + cross_entropy + backward + SGD step).
     TrainStep(TrainStepBench),
+    /// The data pipeline alone: batches per second of `cnnkit train`'s loader.
+    Loader(LoaderBench),
+}
+
+#[derive(Args)]
+pub struct LoaderBench {
+    #[arg(long, default_value = "shapes")]
+    dataset: String,
+    #[arg(long)]
+    data: Option<String>,
+    #[arg(long, default_value_t = 64)]
+    batch_size: usize,
+    #[arg(long, default_value_t = 1)]
+    workers: usize,
+    /// Random flips and shifts, as `train --augment`.
+    #[arg(long)]
+    augment: bool,
+    #[command(flatten)]
+    common: Common,
 }
 
 #[derive(Args)]
@@ -68,6 +87,7 @@ pub fn run(cmd: BenchCmd) -> Result<()> {
     match cmd {
         BenchCmd::Conv2d(b) => conv2d(b),
         BenchCmd::TrainStep(b) => train_step(b),
+        BenchCmd::Loader(b) => loader(b),
     }
 }
 
@@ -193,6 +213,37 @@ fn train_step(b: TrainStepBench) -> Result<()> {
         println!(
             "{}",
             json!({"bench": "train-step", "model": b.model, "batch_size": b.batch_size, "threads": threads, "iters": b.common.iters, "median_ms": med, "images_per_second": b.batch_size as f64 / (med / 1e3)})
+        );
+    }
+    Ok(())
+}
+
+fn loader(b: LoaderBench) -> Result<()> {
+    use cnnkit::train::BatchSource;
+    let threads = setup_threads(&b.common)?;
+    let (train, _) = crate::data::load(&b.dataset, b.data.as_deref(), 0, 20000, 1)?;
+    let src = crate::data::Batches {
+        set: &train,
+        batch_size: b.batch_size.max(1),
+        shuffle: true,
+        augment: b.augment,
+        seed: 0,
+        workers: b.workers,
+    };
+    let mut epoch = 0;
+    let (med, _) = median_ms(1, b.common.iters.clamp(1, 5), || {
+        epoch += 1;
+        for batch in src.batches(epoch) {
+            batch?;
+        }
+        Ok(())
+    })?;
+    let ips = train.len() as f64 / (med / 1e3);
+    eprintln!("loader {} batch {} workers {}: {:.0} ms/epoch, {:.0} images/s", b.dataset, b.batch_size, b.workers, med, ips);
+    if b.common.json {
+        println!(
+            "{}",
+            json!({"bench": "loader", "dataset": b.dataset, "batch_size": b.batch_size, "workers": b.workers, "augment": b.augment, "threads": threads, "median_ms": med, "images_per_second": ips})
         );
     }
     Ok(())

@@ -42,6 +42,13 @@ fn bench_conv2d_json() {
 }
 
 #[test]
+fn bench_loader_json() {
+    let (code, out, err) = cnnkit(&["bench", "loader", "--dataset", "digits", "--iters", "1", "--json"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(last_json(&out)["images_per_second"].as_f64().unwrap() > 0.0);
+}
+
+#[test]
 fn bench_train_step_json() {
     for model in ["cifar-cnn", "simple-cnn"] {
         let (code, out, err) = cnnkit(&["bench", "train-step", "--model", model, "--batch-size", "4", "--iters", "2", "--json"]);
