@@ -18,6 +18,7 @@ pub use cnnkit_train as train;
 
 pub mod models;
 pub mod synthetic;
+pub mod transforms;
 
 /// Everything a training script needs in scope.
 pub mod prelude {
