@@ -277,3 +277,55 @@ pub fn to_tensor(hwc: &[u8], h: usize, w: usize, c: usize) -> Result<Tensor> {
     }
     Tensor::from_vec(out, &[c, h, w])
 }
+
+/// `F.resized_crop(img, top, left, h, w, size, antialias=False)`.
+pub fn resized_crop(img: &Tensor, top: isize, left: isize, h: usize, w: usize, out: (usize, usize)) -> Result<Tensor> {
+    resize(&crop(img, top, left, h, w)?, out.0, out.1)
+}
+
+/// `RandomResizedCrop(size, scale=(0.08, 1), ratio=(3/4, 4/3))`: a random area fraction and
+/// aspect ratio (10 attempts, then torchvision's centre fallback), resized to `size`.
+pub struct RandomResizedCrop {
+    pub size: (usize, usize),
+    pub scale: (f64, f64),
+    pub ratio: (f64, f64),
+}
+
+impl RandomResizedCrop {
+    pub fn new(h: usize, w: usize) -> Self {
+        RandomResizedCrop { size: (h, w), scale: (0.08, 1.0), ratio: (3.0 / 4.0, 4.0 / 3.0) }
+    }
+    /// torchvision's `get_params`: (top, left, h, w).
+    pub fn params(&self, height: usize, width: usize, g: &mut Generator) -> (usize, usize, usize, usize) {
+        let area = (height * width) as f64;
+        let (lr0, lr1) = (self.ratio.0.ln(), self.ratio.1.ln());
+        for _ in 0..10 {
+            let target = area * (self.scale.0 + (self.scale.1 - self.scale.0) * g.uniform());
+            let ar = (lr0 + (lr1 - lr0) * g.uniform()).exp();
+            let w = (target * ar).sqrt().round() as usize;
+            let h = (target / ar).sqrt().round() as usize;
+            if 0 < w && w <= width && 0 < h && h <= height {
+                let i = g.below((height - h + 1) as u64) as usize;
+                let j = g.below((width - w + 1) as u64) as usize;
+                return (i, j, h, w);
+            }
+        }
+        let in_ratio = width as f64 / height as f64;
+        let (w, h) = if in_ratio < self.ratio.0 {
+            (width, ((width as f64) / self.ratio.0).round() as usize)
+        } else if in_ratio > self.ratio.1 {
+            (((height as f64) * self.ratio.1).round() as usize, height)
+        } else {
+            (width, height)
+        };
+        ((height - h) / 2, (width - w) / 2, h, w)
+    }
+}
+
+impl Transform for RandomResizedCrop {
+    fn apply(&self, img: &Tensor, g: &mut Generator) -> Result<Tensor> {
+        let (_, h, w) = chw(img, "RandomResizedCrop")?;
+        let (i, j, ch, cw) = self.params(h, w, g);
+        resized_crop(img, i as isize, j as isize, ch, cw, self.size)
+    }
+}

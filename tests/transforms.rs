@@ -36,6 +36,7 @@ fn functional_transforms_match_torchvision() {
         ("saturation", adjust_saturation(&x("saturation"), 1.7).unwrap()),
         ("hue", adjust_hue(&x("hue"), 0.23).unwrap()),
         ("hue_neg", adjust_hue(&x("hue_neg"), -0.41).unwrap()),
+        ("resized_crop", resized_crop(&x("resized_crop"), 1, 2, 7, 9, (12, 10)).unwrap()),
     ];
     for (case, got) in &cases {
         close(case, got, &t[&format!("{case}.y")]);
@@ -62,6 +63,14 @@ fn random_pipelines_are_deterministic_under_a_seed() {
     assert_eq!(a.shape(), &[3, 24, 24]);
     assert_eq!(a.to_vec::<f32>().unwrap(), b.to_vec::<f32>().unwrap());
     assert_ne!(a.to_vec::<f32>().unwrap(), c.to_vec::<f32>().unwrap());
+    let rrc = RandomResizedCrop::new(8, 8);
+    for s in 0..50 {
+        let (i, j, h, w) = rrc.params(20, 20, &mut Generator::new(s));
+        assert!(i + h <= 20 && j + w <= 20 && h > 0 && w > 0);
+        let area = (h * w) as f64 / 400.0;
+        assert!((0.05..=1.0).contains(&area), "area fraction {area}");
+    }
+    assert_eq!(rrc.apply(&img, &mut Generator::new(1)).unwrap().shape(), &[3, 8, 8]);
     assert!(normalize(&img, &[0.5], &[0.2]).is_err());
     assert!(adjust_hue(&img, 0.7).is_err());
     assert!(RandomCrop { size: (40, 40), padding: 1 }.apply(&img, &mut Generator::new(0)).is_err());

@@ -31,6 +31,7 @@ cases = {
     "hue": (x, F.adjust_hue(x, 0.23)),
     "hue_neg": (x, F.adjust_hue(x, -0.41)),
     "to_tensor": (u8.float(), F.to_tensor(u8.numpy())),
+    "resized_crop": (x, F.resized_crop(x, 1, 2, 7, 9, [12, 10], antialias=False)),
 }
 t = {}
 for k, (a, b) in cases.items():
