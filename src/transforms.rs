@@ -329,3 +329,47 @@ impl Transform for RandomResizedCrop {
         resized_crop(img, i as isize, j as isize, ch, cw, self.size)
     }
 }
+
+/// `F.rotate(img, angle)` (degrees, counter-clockwise, about the centre, nearest neighbour,
+/// same size, fill 0), following torchvision's inverse-affine grid (computed in f32 as torch).
+pub fn rotate(img: &Tensor, angle: f64) -> Result<Tensor> {
+    let (c, h, w) = chw(img, "rotate")?;
+    let r = (-angle).to_radians();
+    let (cs, sn) = (r.cos() as f32, r.sin() as f32);
+    let v = img.to_vec::<f32>()?;
+    let mut out = vec![0f32; v.len()];
+    let round_even = |x: f32| -> f32 {
+        let f = x.floor();
+        let d = x - f;
+        if d > 0.5 || (d == 0.5 && (f as i64) % 2 != 0) {
+            f + 1.0
+        } else {
+            f
+        }
+    };
+    for oy in 0..h {
+        let yb = oy as f32 - h as f32 * 0.5 + 0.5;
+        for ox in 0..w {
+            let xb = ox as f32 - w as f32 * 0.5 + 0.5;
+            // grid_sample(align_corners=False): pixel = ((g + 1)·size − 1)/2.
+            let gx = (cs * xb + sn * yb) / (0.5 * w as f32);
+            let gy = (-sn * xb + cs * yb) / (0.5 * h as f32);
+            let ix = round_even(((gx + 1.0) * w as f32 - 1.0) / 2.0);
+            let iy = round_even(((gy + 1.0) * h as f32 - 1.0) / 2.0);
+            if ix >= 0.0 && iy >= 0.0 && (ix as usize) < w && (iy as usize) < h {
+                for ch in 0..c {
+                    out[(ch * h + oy) * w + ox] = v[(ch * h + iy as usize) * w + ix as usize];
+                }
+            }
+        }
+    }
+    Tensor::from_vec(out, &[c, h, w])
+}
+
+/// `RandomRotation(degrees)`: an angle uniform in [−degrees, degrees].
+pub struct RandomRotation(pub f64);
+impl Transform for RandomRotation {
+    fn apply(&self, img: &Tensor, g: &mut Generator) -> Result<Tensor> {
+        rotate(img, -self.0 + 2.0 * self.0 * g.uniform())
+    }
+}

@@ -37,6 +37,8 @@ fn functional_transforms_match_torchvision() {
         ("hue", adjust_hue(&x("hue"), 0.23).unwrap()),
         ("hue_neg", adjust_hue(&x("hue_neg"), -0.41).unwrap()),
         ("resized_crop", resized_crop(&x("resized_crop"), 1, 2, 7, 9, (12, 10)).unwrap()),
+        ("rotate_33", rotate(&x("rotate_33"), 33.0).unwrap()),
+        ("rotate_neg71", rotate(&x("rotate_neg71"), -71.0).unwrap()),
     ];
     for (case, got) in &cases {
         close(case, got, &t[&format!("{case}.y")]);

@@ -32,6 +32,8 @@ cases = {
     "hue_neg": (x, F.adjust_hue(x, -0.41)),
     "to_tensor": (u8.float(), F.to_tensor(u8.numpy())),
     "resized_crop": (x, F.resized_crop(x, 1, 2, 7, 9, [12, 10], antialias=False)),
+    "rotate_33": (x, F.rotate(x, 33.0)),
+    "rotate_neg71": (x, F.rotate(x, -71.0)),
 }
 t = {}
 for k, (a, b) in cases.items():
