@@ -16,6 +16,7 @@ pub use cnnkit_nn as nn;
 pub use cnnkit_optim as optim;
 pub use cnnkit_train as train;
 
+pub mod data;
 pub mod models;
 pub mod synthetic;
 pub mod transforms;

@@ -219,16 +219,18 @@ fn train_step(b: TrainStepBench) -> Result<()> {
 }
 
 fn loader(b: LoaderBench) -> Result<()> {
+    use cnnkit::data::Dataset;
     use cnnkit::train::BatchSource;
     let threads = setup_threads(&b.common)?;
-    let (train, _) = crate::data::load(&b.dataset, b.data.as_deref(), 0, 20000, 1)?;
-    let src = crate::data::Batches {
+    let (train, _) = cnnkit::data::load(&b.dataset, b.data.as_deref(), 0, 20000, 1)?;
+    let src = cnnkit::data::Batches {
         set: &train,
         batch_size: b.batch_size.max(1),
         shuffle: true,
         augment: b.augment,
         seed: 0,
         workers: b.workers,
+        drop_last: false,
     };
     let mut epoch = 0;
     let (med, _) = median_ms(1, b.common.iters.clamp(1, 5), || {

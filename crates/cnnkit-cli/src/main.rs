@@ -3,9 +3,6 @@
 //! Every error is one line on stderr and exit code 2.
 
 mod bench;
-mod data;
-mod download;
-mod formats;
 mod train;
 
 use clap::{Parser, Subcommand};
@@ -73,7 +70,7 @@ fn main() {
         Command::Bench { what } => bench::run(what),
         Command::Data { what: DataCmd::Download { name, dir, mirror } } => {
             use std::io::IsTerminal;
-            download::download(&name, &dir, mirror.as_deref(), std::io::stderr().is_terminal()).map(|files| {
+            cnnkit::data::download::download(&name, &dir, mirror.as_deref(), std::io::stderr().is_terminal()).map(|files| {
                 for f in files {
                     println!("{}", f.display());
                 }

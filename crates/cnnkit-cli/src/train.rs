@@ -1,8 +1,8 @@
 //! `cnnkit train`, `cnnkit eval`, `cnnkit predict`: the seed's image-classification workflow.
 
-use crate::data::{self, Batches, ImageSet};
 use clap::Args;
 use cnnkit::core::{manual_seed, set_num_threads, Error, Result, Tensor};
+use cnnkit::data::{self, Batches, Dataset, ImageSet};
 use cnnkit::nn::{Module, ModuleExt};
 use cnnkit::optim::sched::{CosineAnnealingLr, LrScheduler, OneCycleConfig, OneCycleLr, StepLr};
 use cnnkit::optim::{Adam, AdamConfig, AdamW, AdamWConfig, Optimizer, RmsProp, RmsPropConfig, Sgd, SgdConfig};
@@ -57,6 +57,9 @@ pub struct TrainArgs {
     /// training thread). The batches are the same for any number.
     #[arg(long, default_value_t = 1)]
     workers: usize,
+    /// Drop the last, smaller training batch of each epoch.
+    #[arg(long)]
+    drop_last: bool,
     #[arg(long, default_value_t = 0)]
     seed: u64,
     /// Output folder for checkpoints, the metrics log and plots (default runs/DATASET-MODEL).
@@ -135,10 +138,17 @@ pub fn train(a: TrainArgs) -> Result<()> {
     manual_seed(a.seed);
     let model = cnnkit::models::build(&a.model, c, h, w, classes.len())?;
     let mut opt = make_optimizer(&a, model.parameters())?;
-    let train_src =
-        Batches { set: &train_set, batch_size: a.batch_size, shuffle: true, augment: a.augment, seed: a.seed, workers: a.workers };
+    let train_src = Batches {
+        set: &train_set,
+        batch_size: a.batch_size,
+        shuffle: true,
+        augment: a.augment,
+        seed: a.seed,
+        workers: a.workers,
+        drop_last: a.drop_last,
+    };
     let eval_set: &ImageSet = val_set.as_ref().unwrap_or(&test_set);
-    let eval_src = Batches { set: eval_set, batch_size: 256, shuffle: false, augment: false, seed: 0, workers: 0 };
+    let eval_src = Batches { set: eval_set, batch_size: 256, shuffle: false, augment: false, seed: 0, workers: 0, drop_last: false };
     let (mut sched, per_batch) = make_scheduler(&a, opt.as_mut(), train_src.num_batches_pub())?;
     let out = a.out.clone().unwrap_or_else(|| PathBuf::from(format!("runs/{}-{}", a.dataset, a.model)));
     let resume = a.resume.as_ref().map(|p| Checkpoint::load(p)).transpose()?;
@@ -160,7 +170,7 @@ pub fn train(a: TrainArgs) -> Result<()> {
     // Final figures are on the test set (the validation split only steers training).
     let test = evaluate(
         model.as_ref(),
-        &Batches { set: &test_set, batch_size: 256, shuffle: false, augment: false, seed: 0, workers: 0 },
+        &Batches { set: &test_set, batch_size: 256, shuffle: false, augment: false, seed: 0, workers: 0, drop_last: false },
         classes.len(),
     )?;
     eprintln!(
@@ -237,7 +247,7 @@ pub fn eval(a: EvalArgs) -> Result<()> {
     let (_, test_set) = data::load(&dataset, a.data.as_deref(), seed, 1, a.test_size)?;
     let m = evaluate(
         model.as_ref(),
-        &Batches { set: &test_set, batch_size: 256, shuffle: false, augment: false, seed: 0, workers: 0 },
+        &Batches { set: &test_set, batch_size: 256, shuffle: false, augment: false, seed: 0, workers: 0, drop_last: false },
         test_set.classes.len(),
     )?;
     eprintln!(
@@ -280,7 +290,7 @@ pub fn predict(a: PredictArgs) -> Result<()> {
     let (c, h, w) = (dims("in_channels"), dims("height"), dims("width"));
     let names: Vec<String> =
         cfg["class_names"].as_array().map(|v| v.iter().filter_map(|s| s.as_str().map(String::from)).collect()).unwrap_or_default();
-    let imgs: Vec<Tensor> = a.images.iter().map(|p| crate::formats::decode_image(p, c, h, w)).collect::<Result<_>>()?;
+    let imgs: Vec<Tensor> = a.images.iter().map(|p| cnnkit::data::formats::decode_image(p, c, h, w)).collect::<Result<_>>()?;
     let batch = Tensor::stack(&imgs, 0)?;
     let probs = cnnkit::core::with_no_grad(|| model.forward(&batch)?.softmax(1))?;
     let k = a.topk.clamp(1, names.len().max(1));

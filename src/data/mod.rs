@@ -1,7 +1,39 @@
-//! Datasets the CLI can train on, held in memory, and the batch source the trainer reads.
+//! Datasets and loading: the built-in synthetic sets, MNIST-family IDX, CIFAR binary batches,
+//! ImageFolder trees (formats.rs), downloads with checksums and resume (download.rs), and
+//! [`Batches`], the shuffling, augmenting, multi-threaded batch source the trainer reads.
 
-use cnnkit::core::{Error, Generator, Result, Tensor};
-use cnnkit::train::BatchSource;
+pub mod download;
+pub mod formats;
+
+use crate::core::{Error, Generator, Result, Tensor};
+use crate::train::BatchSource;
+
+/// A labelled image dataset (`torch.utils.data.Dataset` for classification).
+pub trait Dataset: Send + Sync {
+    fn len(&self) -> usize;
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+    /// Sample `i`: image (C, H, W) f32 and its label.
+    fn get(&self, i: usize) -> Result<(Tensor, i64)>;
+    fn class_names(&self) -> &[String];
+}
+
+impl Dataset for ImageSet {
+    fn len(&self) -> usize {
+        self.labels.numel()
+    }
+    fn get(&self, i: usize) -> Result<(Tensor, i64)> {
+        if i >= self.len() {
+            return Err(Error::invalid("Dataset::get", format!("index {i} out of range for {} samples", self.len())));
+        }
+        let label = self.labels.narrow(0, i, 1)?.to_vec::<i64>()?[0];
+        Ok((self.images.narrow(0, i, 1)?.squeeze(0)?.contiguous()?, label))
+    }
+    fn class_names(&self) -> &[String] {
+        &self.classes
+    }
+}
 
 /// A labelled image set in memory: images (N, C, H, W) f32 in [0, 1], labels (N) i64.
 #[derive(Debug)]
@@ -12,9 +44,6 @@ pub struct ImageSet {
 }
 
 impl ImageSet {
-    pub fn len(&self) -> usize {
-        self.labels.numel()
-    }
     /// (C, H, W).
     pub fn chw(&self) -> [usize; 3] {
         let s = self.images.shape();
@@ -47,32 +76,32 @@ pub const DATASETS: &[&str] = &["shapes", "digits", "mnist", "fashion-mnist", "k
 pub fn load(name: &str, data: Option<&str>, seed: u64, train_size: usize, test_size: usize) -> Result<(ImageSet, ImageSet)> {
     match name {
         "shapes" => {
-            let classes: Vec<String> = cnnkit::synthetic::SHAPE_CLASSES.iter().map(|s| s.to_string()).collect();
-            let (x, y, _, _) = cnnkit::synthetic::shapes(train_size, 32, 3, seed.wrapping_mul(2) + 1)?;
-            let (tx, ty, _, _) = cnnkit::synthetic::shapes(test_size, 32, 3, seed.wrapping_mul(2) + 2)?;
+            let classes: Vec<String> = crate::synthetic::SHAPE_CLASSES.iter().map(|s| s.to_string()).collect();
+            let (x, y, _, _) = crate::synthetic::shapes(train_size, 32, 3, seed.wrapping_mul(2) + 1)?;
+            let (tx, ty, _, _) = crate::synthetic::shapes(test_size, 32, 3, seed.wrapping_mul(2) + 2)?;
             Ok((ImageSet { images: x, labels: y, classes: classes.clone() }, ImageSet { images: tx, labels: ty, classes }))
         }
         "digits" => {
             let classes: Vec<String> = (0..10).map(|d| d.to_string()).collect();
-            let (x, y) = cnnkit::synthetic::digits28(train_size, seed.wrapping_mul(2) + 1)?;
-            let (tx, ty) = cnnkit::synthetic::digits28(test_size, seed.wrapping_mul(2) + 2)?;
+            let (x, y) = crate::synthetic::digits28(train_size, seed.wrapping_mul(2) + 1)?;
+            let (tx, ty) = crate::synthetic::digits28(test_size, seed.wrapping_mul(2) + 2)?;
             Ok((ImageSet { images: x, labels: y, classes: classes.clone() }, ImageSet { images: tx, labels: ty, classes }))
         }
         "mnist" | "fashion-mnist" | "kmnist" | "cifar10" | "cifar100" => {
             let dir = data.ok_or_else(|| Error::invalid("--data", format!("--dataset {name} needs --data DIR with its files")))?;
-            let classes = crate::formats::class_names(name);
+            let classes = formats::class_names(name);
             if name.starts_with("cifar") {
-                crate::formats::load_cifar(std::path::Path::new(dir), name == "cifar100", &classes)
+                formats::load_cifar(std::path::Path::new(dir), name == "cifar100", &classes)
             } else {
-                crate::formats::load_idx_dataset(std::path::Path::new(dir), &classes)
+                formats::load_idx_dataset(std::path::Path::new(dir), &classes)
             }
         }
         "folder" => {
             // ImageFolder: DIR/train/CLASS/* and DIR/test/CLASS/* (or DIR/val), 32×32 RGB.
             let dir = std::path::Path::new(data.ok_or_else(|| Error::invalid("--data", "--dataset folder needs --data DIR"))?);
             let test_dir = if dir.join("test").is_dir() { dir.join("test") } else { dir.join("val") };
-            let train = crate::formats::load_image_folder(&dir.join("train"), 32, 3)?;
-            let test = crate::formats::load_image_folder(&test_dir, 32, 3)?;
+            let train = formats::load_image_folder(&dir.join("train"), 32, 3)?;
+            let test = formats::load_image_folder(&test_dir, 32, 3)?;
             if test.classes != train.classes {
                 return Err(Error::File {
                     path: test_dir.display().to_string(),
@@ -97,6 +126,8 @@ pub struct Batches<'a> {
     pub augment: bool,
     pub seed: u64,
     pub workers: usize,
+    /// Drop the last batch when it is smaller than `batch_size` (DataLoader's drop_last).
+    pub drop_last: bool,
 }
 
 /// Batches each worker may run ahead of the consumer.
@@ -144,7 +175,12 @@ fn make_batch(images: &Tensor, labels: &Tensor, order: &Tensor, k: usize, bs: us
 impl Batches<'_> {
     /// Batches per epoch (also available through the trait).
     pub fn num_batches_pub(&self) -> usize {
-        self.set.len().div_ceil(self.batch_size.max(1))
+        let bs = self.batch_size.max(1);
+        if self.drop_last {
+            self.set.len() / bs
+        } else {
+            self.set.len().div_ceil(bs)
+        }
     }
 }
 
@@ -155,11 +191,10 @@ impl BatchSource for Batches<'_> {
         let order = if self.shuffle {
             Tensor::randperm_with(n, &mut Generator::new(epoch_seed))
         } else {
-            Tensor::arange(0.0, n as f64, 1.0, cnnkit::core::DType::I64)
-                .unwrap_or_else(|_| Tensor::randperm_with(n, &mut Generator::new(0)))
+            Tensor::arange(0.0, n as f64, 1.0, crate::core::DType::I64).unwrap_or_else(|_| Tensor::randperm_with(n, &mut Generator::new(0)))
         };
         let bs = self.batch_size.max(1);
-        let nb = n.div_ceil(bs);
+        let nb = self.num_batches_pub();
         let aug = self.augment.then_some(epoch_seed);
         if self.workers == 0 {
             return Box::new((0..nb).map(move |k| make_batch(&self.set.images, &self.set.labels, &order, k, bs, aug)));
@@ -199,18 +234,25 @@ mod tests {
 
     #[test]
     fn workers_do_not_change_the_batches() {
-        let (x, y, _, _) = cnnkit::synthetic::shapes(70, 16, 3, 1).unwrap();
+        let (x, y, _, _) = crate::synthetic::shapes(70, 16, 3, 1).unwrap();
         let set = ImageSet { images: x, labels: y, classes: vec![] };
         let collect = |workers: usize| -> Vec<(Vec<f32>, Vec<i64>)> {
-            let b = Batches { set: &set, batch_size: 16, shuffle: true, augment: true, seed: 3, workers };
+            let b = Batches { set: &set, batch_size: 16, shuffle: true, augment: true, seed: 3, workers, drop_last: false };
             b.batches(2).map(|r| r.unwrap()).map(|(x, y)| (x.to_vec::<f32>().unwrap(), y.to_vec::<i64>().unwrap())).collect()
         };
         let base = collect(0);
         assert_eq!(base.len(), 5);
         assert_eq!(base, collect(1));
         assert_eq!(base, collect(3));
+        let b = Batches { set: &set, batch_size: 16, shuffle: false, augment: false, seed: 0, workers: 0, drop_last: true };
+        assert_eq!(b.batches(0).count(), 4);
+        assert_eq!(b.num_batches(), 4);
+        let (img, label) = set.get(3).unwrap();
+        assert_eq!(img.shape(), &[3, 16, 16]);
+        assert_eq!(label, set.labels.to_vec::<i64>().unwrap()[3]);
+        assert!(set.get(70).is_err());
         // Dropping the iterator early must not hang the workers.
-        let b = Batches { set: &set, batch_size: 8, shuffle: true, augment: false, seed: 1, workers: 2 };
+        let b = Batches { set: &set, batch_size: 8, shuffle: true, augment: false, seed: 1, workers: 2, drop_last: false };
         assert!(b.batches(0).next().is_some());
     }
 }

@@ -3,7 +3,7 @@
 //! MD5 sums, shows progress, and unpacks the CIFAR archives. The base URL can be replaced
 //! (`--mirror` or CNNKIT_DATA_MIRROR) so tests can serve fixture files from 127.0.0.1.
 
-use cnnkit::core::{Error, Result};
+use crate::core::{Error, Result};
 use md5::{Digest, Md5};
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};

@@ -1,8 +1,8 @@
 //! Readers for the article's dataset files: MNIST-family IDX (raw or gzip) and the CIFAR-10 /
 //! CIFAR-100 binary batches. Every problem is a typed error naming the file; nothing panics.
 
-use crate::data::ImageSet;
-use cnnkit::core::{Error, Result, Tensor};
+use super::ImageSet;
+use crate::core::{Error, Result, Tensor};
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
@@ -149,6 +149,7 @@ pub fn class_names(dataset: &str) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::data::Dataset;
     use std::io::Write;
 
     fn idx(dims: &[u32], data: &[u8], nd: u8) -> Vec<u8> {
