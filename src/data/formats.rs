@@ -127,6 +127,11 @@ pub fn load_cifar(dir: &Path, hundred: bool, classes: &[String]) -> Result<(Imag
         }
     };
     if hundred {
+        // The archive ships the fine class names; use them when present.
+        let names: Vec<String> = std::fs::read_to_string(dir.join("fine_label_names.txt"))
+            .map(|t| t.lines().map(str::trim).filter(|l| !l.is_empty()).map(String::from).collect())
+            .unwrap_or_default();
+        let classes = if names.len() == 100 { &names[..] } else { classes };
         Ok((cifar_files(&[need("train.bin")?], 2, classes)?, cifar_files(&[need("test.bin")?], 2, classes)?))
     } else {
         let train: Vec<PathBuf> = (1..=5).map(|i| need(&format!("data_batch_{i}.bin"))).collect::<Result<_>>()?;
@@ -220,6 +225,10 @@ mod tests {
         std::fs::write(d.join("test.bin"), &rec100).unwrap();
         let (tr, _) = load_cifar(&d, true, &class_names("cifar100")).unwrap();
         assert_eq!(tr.labels.to_vec::<i64>().unwrap(), vec![42]);
+        assert_eq!(tr.classes[42], "class_42");
+        let names: String = (0..100).map(|i| format!("fine{i}\n")).collect();
+        std::fs::write(d.join("fine_label_names.txt"), names).unwrap();
+        assert_eq!(load_cifar(&d, true, &class_names("cifar100")).unwrap().0.classes[42], "fine42");
         std::fs::remove_dir_all(&d).ok();
     }
 }
