@@ -19,6 +19,7 @@ pub use cnnkit_train as train;
 pub mod data;
 pub mod models;
 pub mod synthetic;
+pub mod transfer;
 pub mod transforms;
 
 /// Everything a training script needs in scope.

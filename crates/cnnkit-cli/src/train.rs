@@ -5,7 +5,7 @@ use cnnkit::core::{manual_seed, set_num_threads, Error, Result, Tensor};
 use cnnkit::data::{self, Batches, Dataset, ImageSet};
 use cnnkit::nn::{Module, ModuleExt};
 use cnnkit::optim::sched::{CosineAnnealingLr, LrScheduler, OneCycleConfig, OneCycleLr, StepLr};
-use cnnkit::optim::{Adam, AdamConfig, AdamW, AdamWConfig, Optimizer, RmsProp, RmsPropConfig, Sgd, SgdConfig};
+use cnnkit::optim::{Adam, AdamConfig, AdamW, AdamWConfig, Optimizer, ParamGroup, RmsProp, RmsPropConfig, Sgd, SgdConfig};
 use cnnkit::train::{evaluate, fit, Checkpoint, TrainConfig};
 use serde_json::json;
 use std::io::IsTerminal;
@@ -13,7 +13,8 @@ use std::path::PathBuf;
 
 #[derive(Args)]
 pub struct TrainArgs {
-    /// simple-cnn (the seed's §1.2 model), cifar-cnn (§3.1), lenet5.
+    /// simple-cnn (the seed's §1.2 model), cifar-cnn (§3.1), lenet5, or a zoo architecture
+    /// (resnet18, resnet18_cifar, mobilenet_v2, shufflenet_v2_x1_0, … see `cnnkit models`).
     #[arg(long, default_value = "simple-cnn")]
     model: String,
     /// shapes (built-in, default), digits (built-in), mnist, fashion-mnist, kmnist, cifar10, cifar100, folder.
@@ -87,17 +88,20 @@ fn threads(n: Option<usize>) -> Result<()> {
     }
 }
 
-fn make_optimizer(a: &TrainArgs, params: Vec<Tensor>) -> Result<Box<dyn Optimizer>> {
+/// The optimizer `--optimizer` names, over parameter groups (one group for plain training;
+/// head and backbone for fine-tuning).
+fn make_optimizer(a: &TrainArgs, params: Vec<ParamGroup>) -> Result<Box<dyn Optimizer>> {
     Ok(match a.optimizer.as_str() {
-        "sgd" => {
-            Box::new(Sgd::new(params, SgdConfig { lr: a.lr, momentum: a.momentum, weight_decay: a.weight_decay, ..Default::default() })?)
-        }
-        "adam" => Box::new(Adam::new(params, AdamConfig { lr: a.lr, weight_decay: a.weight_decay, ..Default::default() })?),
-        "adamw" => Box::new(AdamW::new(
+        "sgd" => Box::new(Sgd::with_groups(
+            params,
+            SgdConfig { lr: a.lr, momentum: a.momentum, weight_decay: a.weight_decay, ..Default::default() },
+        )?),
+        "adam" => Box::new(Adam::with_groups(params, AdamConfig { lr: a.lr, weight_decay: a.weight_decay, ..Default::default() })?),
+        "adamw" => Box::new(AdamW::with_groups(
             params,
             AdamWConfig { lr: a.lr, weight_decay: if a.weight_decay > 0.0 { a.weight_decay } else { 1e-2 }, ..Default::default() },
         )?),
-        "rmsprop" => Box::new(RmsProp::new(
+        "rmsprop" => Box::new(RmsProp::with_groups(
             params,
             RmsPropConfig {
                 lr: a.lr,
@@ -120,7 +124,60 @@ fn make_scheduler(a: &TrainArgs, opt: &mut dyn Optimizer, steps_per_epoch: usize
     })
 }
 
+#[derive(Args)]
+pub struct FinetuneArgs {
+    #[command(flatten)]
+    train: TrainArgs,
+    /// Pretrained weights: a PyTorch state_dict (.pth/.pt) or safetensors file.
+    #[arg(long)]
+    weights: PathBuf,
+    /// Classes of the new head (must match the dataset; defaults to the dataset's).
+    #[arg(long)]
+    num_classes: Option<usize>,
+    /// backbone (train only the new head), none (train everything), or until:LAYER (freeze
+    /// everything registered before LAYER, e.g. until:layer4). Frozen BatchNorm layers keep
+    /// their running statistics.
+    #[arg(long, default_value = "backbone")]
+    freeze: String,
+    /// Learning rate of the unfrozen backbone layers (default: --lr / 10).
+    #[arg(long)]
+    backbone_lr: Option<f64>,
+}
+
 pub fn train(a: TrainArgs) -> Result<()> {
+    run(&a, None)
+}
+
+/// `cnnkit finetune`: train's workflow starting from pretrained weights with a new head.
+pub fn finetune(f: FinetuneArgs) -> Result<()> {
+    run(&f.train, Some(&f))
+}
+
+/// Loads pretrained weights into `model`, replaces its head, freezes as asked. Returns the
+/// optimizer's parameter groups, the modules to keep in eval mode, and a JSON summary.
+fn prepare_finetune(a: &TrainArgs, f: &FinetuneArgs, model: &dyn Module, classes: usize) -> Result<(Vec<ParamGroup>, Vec<String>, serde_json::Value)> {
+    if let Some(n) = f.num_classes.filter(|&n| n != classes) {
+        return Err(Error::invalid("--num-classes", format!("{n} given but the dataset {} has {classes} classes", a.dataset)));
+    }
+    let head = cnnkit::models::head_name(&a.model)?;
+    let path = f.weights.display().to_string();
+    let sd = cnnkit::io::load_state_dict_file(&f.weights)?;
+    cnnkit::transfer::load_pretrained(model, sd, head).map_err(|e| Error::File { path: path.clone(), msg: e.to_string() })?;
+    let how: cnnkit::transfer::Freeze = f.freeze.parse()?;
+    let frozen = cnnkit::transfer::freeze(model, head, &how)?;
+    eprintln!(
+        "fine-tuning {} from {path}: new head '{head}' ({classes} classes), {} parameter tensors frozen, {} trained, {} BatchNorm layers keep their statistics",
+        a.model,
+        frozen.frozen.len(),
+        frozen.trainable.len(),
+        frozen.eval_modules.len()
+    );
+    let groups = cnnkit::transfer::param_groups(model, head, a.lr, f.backbone_lr.unwrap_or(a.lr / 10.0), a.weight_decay);
+    let info = json!({"weights": path, "head": head, "freeze": f.freeze, "frozen_tensors": frozen.frozen.len(), "trained_tensors": frozen.trainable.len()});
+    Ok((groups, frozen.eval_modules, info))
+}
+
+fn run(a: &TrainArgs, ft: Option<&FinetuneArgs>) -> Result<()> {
     threads(a.threads)?;
     if a.batch_size == 0 || a.epochs == 0 {
         return Err(Error::invalid("train", "--epochs and --batch-size must be at least 1"));
@@ -137,7 +194,11 @@ pub fn train(a: TrainArgs) -> Result<()> {
     let classes = train_set.classes.clone();
     manual_seed(a.seed);
     let model = cnnkit::models::build(&a.model, c, h, w, classes.len())?;
-    let mut opt = make_optimizer(&a, model.parameters())?;
+    let (groups, eval_modules, finetune_info) = match ft {
+        Some(f) => prepare_finetune(a, f, model.as_ref(), classes.len())?,
+        None => (vec![ParamGroup::new(model.parameters(), a.lr, a.weight_decay)], Vec::new(), serde_json::Value::Null),
+    };
+    let mut opt = make_optimizer(a, groups)?;
     let train_src = Batches {
         set: &train_set,
         batch_size: a.batch_size,
@@ -149,7 +210,7 @@ pub fn train(a: TrainArgs) -> Result<()> {
     };
     let eval_set: &ImageSet = val_set.as_ref().unwrap_or(&test_set);
     let eval_src = Batches { set: eval_set, batch_size: 256, shuffle: false, augment: false, seed: 0, workers: 0, drop_last: false };
-    let (mut sched, per_batch) = make_scheduler(&a, opt.as_mut(), train_src.num_batches_pub())?;
+    let (mut sched, per_batch) = make_scheduler(a, opt.as_mut(), train_src.num_batches_pub())?;
     let out = a.out.clone().unwrap_or_else(|| PathBuf::from(format!("runs/{}-{}", a.dataset, a.model)));
     let resume = a.resume.as_ref().map(|p| Checkpoint::load(p)).transpose()?;
     let cfg = TrainConfig {
@@ -161,6 +222,7 @@ pub fn train(a: TrainArgs) -> Result<()> {
         class_names: classes.clone(),
         model_config: json!({"model": a.model, "dataset": a.dataset, "in_channels": c, "height": h, "width": w, "num_classes": classes.len(), "class_names": classes, "seed": a.seed}),
         show_progress: std::io::stderr().is_terminal() || std::env::var_os("CNNKIT_PROGRESS").is_some(),
+        eval_modules,
     };
     let sched_ref: Option<&mut dyn LrScheduler> = match sched.as_mut() {
         Some(s) => Some(s.as_mut()),
@@ -197,7 +259,7 @@ pub fn train(a: TrainArgs) -> Result<()> {
                 "epoch_seconds": report.epoch_seconds, "images_per_second": report.images_per_second,
                 "checkpoint": report.last_checkpoint, "best_checkpoint": report.best_checkpoint,
                 "log": report.log, "curves": report.curves_png, "confusion_matrix": report.confusion_png,
-                "stopped_early": report.stopped_early,
+                "stopped_early": report.stopped_early, "finetune": finetune_info,
             })
         );
     }

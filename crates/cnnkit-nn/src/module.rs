@@ -167,6 +167,12 @@ pub trait ModuleExt: Module {
     fn eval(&self) {
         self.train(false);
     }
+    /// Sets train/eval mode on the submodule at a dotted `path` and its descendants only,
+    /// e.g. to keep frozen BatchNorm layers in eval mode (running statistics untouched)
+    /// while the rest of the model trains. Returns false when there is no such submodule.
+    fn train_at(&self, path: &str, training: bool) -> bool {
+        train_at(self, path, training)
+    }
 
     /// Sets requires_grad on every parameter whose name starts with `prefix` ("" = all).
     /// Returns how many parameter tensors were changed.
@@ -224,6 +230,18 @@ fn visit<M: Module + ?Sized>(m: &M, prefix: &str, v: &mut Visit) {
     }
     for (name, c) in m.children() {
         visit(c, &join(prefix, &name), v);
+    }
+}
+
+fn train_at<M: Module + ?Sized>(m: &M, path: &str, training: bool) -> bool {
+    if path.is_empty() {
+        visit(m, "", &mut Visit::Train(training));
+        return true;
+    }
+    let (head, rest) = path.split_once('.').unwrap_or((path, ""));
+    match m.children().into_iter().find(|(n, _)| n == head) {
+        Some((_, c)) => train_at(c, rest, training),
+        None => false,
     }
 }
 

@@ -45,6 +45,9 @@ pub struct TrainConfig {
     /// Stored in checkpoints: how to rebuild the model and its data pipeline.
     pub model_config: serde_json::Value,
     pub show_progress: bool,
+    /// Submodules kept in eval mode while the rest trains (frozen BatchNorm layers keep
+    /// their running statistics when fine-tuning).
+    pub eval_modules: Vec<String>,
 }
 
 /// Results of [`fit`].
@@ -139,6 +142,9 @@ pub fn fit(
 
     for epoch in start_epoch..cfg.epochs {
         model.train(true);
+        for path in &cfg.eval_modules {
+            model.train_at(path, false);
+        }
         let pb = progress_bar(cfg.show_progress, train.num_batches(), epoch + 1, cfg.epochs);
         let t0 = Instant::now();
         let (mut loss_sum, mut correct, mut seen) = (0.0, 0usize, 0usize);

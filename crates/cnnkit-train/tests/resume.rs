@@ -66,6 +66,7 @@ fn run(epochs: usize, out: &std::path::Path, resume: Option<Checkpoint>) -> Vec<
         class_names: vec!["a".into(), "b".into(), "c".into()],
         model_config: serde_json::json!({"model": "test"}),
         show_progress: false,
+        eval_modules: Vec::new(),
     };
     let sched_ref: &mut dyn LrScheduler = &mut sched;
     let rep = fit(&m, &mut opt, Some(sched_ref), &train, &test, &cfg, resume).unwrap();
