@@ -69,7 +69,10 @@ pub fn parse_npy(bytes: &[u8], name: &str) -> Result<Tensor> {
         return Err(file_err(name, format!("truncated data: shape {:?} needs {want} bytes, {} present", h.shape, data.len())));
     }
     if data.len() > want {
-        return Err(file_err(name, format!("{} bytes after the data of shape {:?} (several arrays in one file?)", data.len() - want, h.shape)));
+        return Err(file_err(
+            name,
+            format!("{} bytes after the data of shape {:?} (several arrays in one file?)", data.len() - want, h.shape),
+        ));
     }
     let v: Vec<f32> = data.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
     Tensor::from_vec(v, &h.shape)
@@ -117,11 +120,7 @@ fn parse_header(h: &str) -> std::result::Result<Header, String> {
             break;
         }
     }
-    Ok(Header {
-        descr: descr.ok_or("no 'descr'")?,
-        fortran_order: fortran.ok_or("no 'fortran_order'")?,
-        shape: shape.ok_or("no 'shape'")?,
-    })
+    Ok(Header { descr: descr.ok_or("no 'descr'")?, fortran_order: fortran.ok_or("no 'fortran_order'")?, shape: shape.ok_or("no 'shape'")? })
 }
 
 struct Lexer<'a> {
@@ -215,7 +214,10 @@ impl Lexer<'_> {
 pub fn write_npy(path: &Path, t: &Tensor) -> Result<()> {
     let name = path.display().to_string();
     if t.dtype() != DType::F32 {
-        return Err(file_err(&name, format!("write_npy writes float32 only; this tensor is {} (convert with .to_dtype(DType::F32))", t.dtype().name())));
+        return Err(file_err(
+            &name,
+            format!("write_npy writes float32 only; this tensor is {} (convert with .to_dtype(DType::F32))", t.dtype().name()),
+        ));
     }
     let dims: Vec<String> = t.shape().iter().map(|d| d.to_string()).collect();
     // A one-element tuple needs its trailing comma in Python syntax.

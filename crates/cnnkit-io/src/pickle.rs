@@ -70,8 +70,24 @@ pub(crate) enum Global {
 }
 
 const TORCH_DTYPES: &[&str] = &[
-    "float32", "float", "float64", "double", "float16", "half", "bfloat16", "int64", "long", "int32", "int", "int16", "short", "int8", "uint8",
-    "bool", "complex64", "complex128",
+    "float32",
+    "float",
+    "float64",
+    "double",
+    "float16",
+    "half",
+    "bfloat16",
+    "int64",
+    "long",
+    "int32",
+    "int",
+    "int16",
+    "short",
+    "int8",
+    "uint8",
+    "bool",
+    "complex64",
+    "complex128",
 ];
 
 /// The allow-list: (module, name) → what the reader knows how to rebuild.
@@ -335,7 +351,7 @@ impl<'a> Unpickler<'a> {
         r.ok_or_else(|| self.err(at, format!("cannot add items to a {kind}")))
     }
     fn dict_extend(&mut self, at: usize, d: Obj, items: Vec<Obj>) -> Result<()> {
-        if items.len() % 2 != 0 {
+        if !items.len().is_multiple_of(2) {
             return Err(self.err(at, "odd number of items for a dict"));
         }
         let pairs: Vec<(Obj, Obj)> = items.chunks_exact(2).map(|c| (c[0], c[1])).collect();
@@ -660,9 +676,10 @@ impl<'a> Unpickler<'a> {
                 let text = a.first().and_then(|&o| self.str_of(o)).ok_or_else(|| self.err(at, "_codecs.encode of a non-string"))?;
                 let enc = a.get(1).and_then(|&o| self.str_of(o)).unwrap_or("utf-8");
                 let bytes = match enc {
-                    "latin1" | "latin-1" | "iso-8859-1" => {
-                        text.chars().map(|c| u8::try_from(u32::from(c)).map_err(|_| self.err(at, "latin1 text out of range"))).collect::<Result<_>>()?
-                    }
+                    "latin1" | "latin-1" | "iso-8859-1" => text
+                        .chars()
+                        .map(|c| u8::try_from(u32::from(c)).map_err(|_| self.err(at, "latin1 text out of range")))
+                        .collect::<Result<_>>()?,
                     "utf-8" | "utf8" => text.as_bytes().to_vec(),
                     other => return Err(self.err(at, format!("_codecs.encode with encoding {other}"))),
                 };

@@ -109,7 +109,10 @@ fn read_zip(bytes: &[u8], name: &str) -> Result<PyValue> {
     if entries.contains(&byteorder) {
         let order = read_entry(&mut zip, &byteorder, name, None)?;
         if order.trim_ascii() != b"little" {
-            return Err(file_err(name, format!("byteorder is {:?}; only little-endian files are supported", String::from_utf8_lossy(&order))));
+            return Err(file_err(
+                name,
+                format!("byteorder is {:?}; only little-endian files are supported", String::from_utf8_lossy(&order)),
+            ));
         }
     }
     let data = read_entry(&mut zip, pkl, name, None)?;
@@ -196,7 +199,12 @@ fn materialize(t: &TensorRef, storage: &[u8]) -> std::result::Result<Tensor, Str
         let last = t.size.iter().zip(&t.stride).try_fold(t.offset, |acc, (&d, &s)| acc.checked_add((d - 1).checked_mul(s)?));
         match last {
             Some(l) if l < stored => {}
-            _ => return Err(format!("tensor of size {:?}, stride {:?}, offset {} reads past its storage of {stored} elements", t.size, t.stride, t.offset)),
+            _ => {
+                return Err(format!(
+                    "tensor of size {:?}, stride {:?}, offset {} reads past its storage of {stored} elements",
+                    t.size, t.stride, t.offset
+                ))
+            }
         }
         if numel > stored.max(MAX_EXPANDED_ELEMENTS) {
             return Err(format!("tensor of {numel} elements views only {stored} stored elements"));

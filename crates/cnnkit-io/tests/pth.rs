@@ -8,10 +8,20 @@ use cnnkit_nn::serialize::{load_safetensors, tensor_bytes};
 use common::{fixture, temp_dir};
 use std::collections::BTreeMap;
 
-const STEMS: &[&str] = &["cnn_zip", "cnn_legacy", "checkpoint", "dataparallel", "dtypes", "views", "views_legacy", "params", "proto2", "proto4", "proto5"];
+const STEMS: &[&str] =
+    &["cnn_zip", "cnn_legacy", "checkpoint", "dataparallel", "dtypes", "views", "views_legacy", "params", "proto2", "proto4", "proto5"];
 const MARKER: &str = "/tmp/cnnkit_io_pwned_marker";
-const CNN_KEYS: &[&str] =
-    &["bn.bias", "bn.num_batches_tracked", "bn.running_mean", "bn.running_var", "bn.weight", "conv.bias", "conv.weight", "fc.bias", "fc.weight"];
+const CNN_KEYS: &[&str] = &[
+    "bn.bias",
+    "bn.num_batches_tracked",
+    "bn.running_mean",
+    "bn.running_var",
+    "bn.weight",
+    "conv.bias",
+    "conv.weight",
+    "fc.bias",
+    "fc.weight",
+];
 
 /// Every tensor inside `v`, keyed like the generator's `record`: dotted dict keys / list indices.
 fn flatten(v: &PyValue, prefix: &str, out: &mut BTreeMap<String, Tensor>) {
