@@ -11,6 +11,7 @@
 //! ```
 
 pub use cnnkit_core as core;
+pub use cnnkit_io as io;
 pub use cnnkit_kernels as kernels;
 pub use cnnkit_nn as nn;
 pub use cnnkit_optim as optim;

@@ -18,6 +18,13 @@ struct Cli {
 enum Command {
     /// Train a model (default: the seed's SimpleCNN on the built-in shapes data).
     Train(Box<train::TrainArgs>),
+    /// Fine-tune pretrained weights on a dataset with a new classifier head (the seed's §4.1):
+    /// `cnnkit finetune --model resnet18 --weights resnet18.pth --freeze backbone`.
+    Finetune(Box<train::FinetuneArgs>),
+    /// Convert PyTorch weights (.pth/.pt, zip or legacy) to safetensors, without Python.
+    Convert { input: std::path::PathBuf, output: std::path::PathBuf },
+    /// List the model names `--model` accepts.
+    Models,
     /// Evaluate a checkpoint on a test set.
     Eval(train::EvalArgs),
     /// Classify image files with a checkpoint.
@@ -77,6 +84,16 @@ fn main() {
             })
         }
         Command::Train(a) => train::train(*a),
+        Command::Finetune(a) => train::finetune(*a),
+        Command::Convert { input, output } => cnnkit::io::convert_to_safetensors(&input, &output).map(|n| {
+            eprintln!("wrote {n} tensors to {}", output.display());
+        }),
+        Command::Models => {
+            for name in cnnkit::models::MODEL_NAMES {
+                println!("{name}");
+            }
+            Ok(())
+        }
         Command::Eval(a) => train::eval(a),
         Command::Predict(a) => train::predict(a),
     };

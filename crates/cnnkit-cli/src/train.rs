@@ -155,15 +155,23 @@ pub fn finetune(f: FinetuneArgs) -> Result<()> {
 
 /// Loads pretrained weights into `model`, replaces its head, freezes as asked. Returns the
 /// optimizer's parameter groups, the modules to keep in eval mode, and a JSON summary.
-fn prepare_finetune(a: &TrainArgs, f: &FinetuneArgs, model: &dyn Module, classes: usize) -> Result<(Vec<ParamGroup>, Vec<String>, serde_json::Value)> {
+fn prepare_finetune(
+    a: &TrainArgs,
+    f: &FinetuneArgs,
+    model: &dyn Module,
+    classes: usize,
+) -> Result<(Vec<ParamGroup>, Vec<String>, serde_json::Value)> {
     if let Some(n) = f.num_classes.filter(|&n| n != classes) {
         return Err(Error::invalid("--num-classes", format!("{n} given but the dataset {} has {classes} classes", a.dataset)));
     }
     let head = cnnkit::models::head_name(&a.model)?;
     let path = f.weights.display().to_string();
+    // Freezing first checks --freeze before the (slower) weight loading.
+    let how: cnnkit::transfer::Freeze = f.freeze.parse()?;
+    cnnkit::transfer::freeze(model, head, &how)?;
     let sd = cnnkit::io::load_state_dict_file(&f.weights)?;
     cnnkit::transfer::load_pretrained(model, sd, head).map_err(|e| Error::File { path: path.clone(), msg: e.to_string() })?;
-    let how: cnnkit::transfer::Freeze = f.freeze.parse()?;
+    // Again, now that the loaded weights are in place (loading keeps requires_grad).
     let frozen = cnnkit::transfer::freeze(model, head, &how)?;
     eprintln!(
         "fine-tuning {} from {path}: new head '{head}' ({classes} classes), {} parameter tensors frozen, {} trained, {} BatchNorm layers keep their statistics",

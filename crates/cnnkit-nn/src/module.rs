@@ -58,21 +58,25 @@ impl LoadReport {
 }
 
 impl std::fmt::Display for LoadReport {
+    /// PyTorch's wording; long lists stop after 16 keys with a count of the rest, so a
+    /// wrong architecture still reads as one line.
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        const SHOWN: usize = 16;
+        let list = |keys: &[String]| {
+            let mut s = keys.iter().take(SHOWN).map(|k| format!("\"{k}\"")).collect::<Vec<_>>().join(", ");
+            if keys.len() > SHOWN {
+                s += &format!(", … ({} more)", keys.len() - SHOWN);
+            }
+            s
+        };
         let mut parts = Vec::new();
         if !self.missing_keys.is_empty() {
-            parts.push(format!(
-                "Missing key(s) in state_dict: {}.",
-                self.missing_keys.iter().map(|k| format!("\"{k}\"")).collect::<Vec<_>>().join(", ")
-            ));
+            parts.push(format!("Missing key(s) in state_dict: {}.", list(&self.missing_keys)));
         }
         if !self.unexpected_keys.is_empty() {
-            parts.push(format!(
-                "Unexpected key(s) in state_dict: {}.",
-                self.unexpected_keys.iter().map(|k| format!("\"{k}\"")).collect::<Vec<_>>().join(", ")
-            ));
+            parts.push(format!("Unexpected key(s) in state_dict: {}.", list(&self.unexpected_keys)));
         }
-        for (k, want, got) in &self.mismatched {
+        for (k, want, got) in self.mismatched.iter().take(SHOWN) {
             parts.push(format!(
                 "size mismatch for {k}: copying a param with shape {got:?} from checkpoint, the shape in current model is {want:?}."
             ));
