@@ -1,6 +1,8 @@
 //! cnnkit-nn: torch.nn for cnnkit — the Module trait, layers, losses, initialisers, forward
-//! hooks and safetensors serialisation of state_dicts.
+//! hooks, safetensors serialisation of state_dicts, and the graph IR (graph/) that ONNX
+//! import/export and inference planning share.
 
+pub mod graph;
 pub mod hooks;
 pub mod init;
 pub mod layers;

@@ -3,6 +3,7 @@
 //! (`layer1.0.conv1.weight`), train/eval mode, freezing, strict state_dict loading and
 //! forward hooks.
 
+use crate::graph::GraphBuilder;
 use cnnkit_core::{Error, Result, Tensor};
 use std::collections::BTreeMap;
 
@@ -33,6 +34,13 @@ pub trait Module: Send + Sync {
     fn describe(&self) -> String {
         let full = std::any::type_name_of_val(self);
         full.rsplit("::").next().unwrap_or(full).to_string()
+    }
+    /// Describes this module's eval-mode forward, applied to graph value `x`, as nodes of `g`
+    /// (ONNX semantics; see [`crate::graph`]) and returns the output value. Parameters go in
+    /// with [`GraphBuilder::param`] so initializers carry state_dict keys; children are
+    /// described with [`GraphBuilder::module`].
+    fn to_graph(&self, _g: &mut GraphBuilder, _x: &str) -> Result<String> {
+        Err(Error::invalid("to_graph", format!("{}: cannot be described as a graph (no to_graph)", self.describe())))
     }
 }
 
@@ -268,6 +276,9 @@ impl Module for Box<dyn Module> {
     }
     fn describe(&self) -> String {
         (**self).describe()
+    }
+    fn to_graph(&self, g: &mut GraphBuilder, x: &str) -> Result<String> {
+        (**self).to_graph(g, x)
     }
 }
 

@@ -1,5 +1,6 @@
 //! Containers: Sequential (runs children in order) and ModuleList (holds them).
 
+use crate::graph::GraphBuilder;
 use crate::module::{Module, ModuleExt};
 use cnnkit_core::{Result, Tensor};
 
@@ -35,6 +36,13 @@ impl Module for Sequential {
         let mut h = x.clone();
         for l in &self.layers {
             h = l.as_ref().call(&h)?;
+        }
+        Ok(h)
+    }
+    fn to_graph(&self, g: &mut GraphBuilder, x: &str) -> Result<String> {
+        let mut h = x.to_string();
+        for (i, l) in self.layers.iter().enumerate() {
+            h = g.module(&i.to_string(), l.as_ref(), &h)?;
         }
         Ok(h)
     }

@@ -1,5 +1,6 @@
 //! Convolution layers: Conv1d, Conv2d, ConvTranspose2d (torch.nn semantics and defaults).
 
+use crate::graph::{GraphBuilder, GraphOp, PadKind};
 use crate::init::default_weight_and_bias;
 use crate::module::Module;
 use cnnkit_core::random::with_default_generator;
@@ -158,9 +159,43 @@ fn conv_forward(
     xp.conv2d(w, b, args((0, 0)))
 }
 
+/// Conv (after a Pad node for non-zero padding modes) with a 4-D weight value `w`.
+fn conv_graph(c: &Conv2dConfig, g: &mut GraphBuilder, x: &str, w: &str, b: Option<&str>, what: &str) -> Result<String> {
+    let (t, bo, l, r) = c.pads();
+    let (x, pads) = match c.padding_mode {
+        PadMode::Constant => (x.to_string(), [t, l, bo, r]),
+        mode => {
+            let kind = match mode {
+                PadMode::Reflect => PadKind::Reflect,
+                PadMode::Replicate => PadKind::Edge,
+                // ONNX Pad's "wrap" mode needs opset 19.
+                _ => return Err(Error::invalid("to_graph", format!("{what}: padding_mode circular has no ONNX (opset ≤ 18) form"))),
+            };
+            let rank = g.rank_of(x, what)?;
+            let p = g.pads_last2(rank, [t as i64, l as i64, bo as i64, r as i64])?;
+            (g.node(GraphOp::Pad { mode: kind }, &[x, &p])?, [0; 4])
+        }
+    };
+    let mut ins = vec![x.as_str(), w];
+    ins.extend(b);
+    let op = GraphOp::Conv {
+        kernel_shape: [c.kernel_size.0, c.kernel_size.1],
+        strides: [c.stride.0, c.stride.1],
+        pads,
+        dilations: [c.dilation.0, c.dilation.1],
+        group: c.groups,
+    };
+    g.node(op, &ins)
+}
+
 impl Module for Conv2d {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         conv_forward(&self.config, x, &self.weight, self.bias.as_ref(), |p| self.args(p))
+    }
+    fn to_graph(&self, g: &mut GraphBuilder, x: &str) -> Result<String> {
+        let w = g.param("weight", &self.weight);
+        let b = self.bias.as_ref().map(|b| g.param("bias", b));
+        conv_graph(&self.config, g, x, &w, b.as_deref(), "Conv2d")
     }
     fn own_parameters(&self) -> Vec<(String, Tensor)> {
         crate::module::named(&[("weight", Some(&self.weight)), ("bias", self.bias.as_ref())])
@@ -247,6 +282,19 @@ impl Module for Conv1d {
     }
     fn own_parameters(&self) -> Vec<(String, Tensor)> {
         crate::module::named(&[("weight", Some(&self.weight)), ("bias", self.bias.as_ref())])
+    }
+    /// As a 2-D convolution over a height-1 image: Unsqueeze → Conv → Squeeze.
+    fn to_graph(&self, g: &mut GraphBuilder, x: &str) -> Result<String> {
+        if g.rank_of(x, "Conv1d")? != 3 {
+            return Err(Error::invalid("to_graph", "Conv1d: only (N, C, L) inputs can be described as a graph"));
+        }
+        let w = g.param("weight", &self.weight);
+        let b = self.bias.as_ref().map(|b| g.param("bias", b));
+        let axes = g.const_i64(&[2])?;
+        let w4 = g.node(GraphOp::Unsqueeze, &[&w, &axes])?;
+        let x4 = g.node(GraphOp::Unsqueeze, &[x, &axes])?;
+        let y = conv_graph(&self.config, g, &x4, &w4, b.as_deref(), "Conv1d")?;
+        g.node(GraphOp::Squeeze, &[&y, &axes])
     }
     fn describe(&self) -> String {
         let c = &self.config;
@@ -350,6 +398,22 @@ impl Module for ConvTranspose2d {
             Conv2dArgs { stride: c.stride, padding: c.padding, dilation: c.dilation, groups: c.groups },
             c.output_padding,
         )
+    }
+    fn to_graph(&self, g: &mut GraphBuilder, x: &str) -> Result<String> {
+        let c = &self.config;
+        let w = g.param("weight", &self.weight);
+        let b = self.bias.as_ref().map(|b| g.param("bias", b));
+        let mut ins = vec![x, w.as_str()];
+        ins.extend(b.as_deref());
+        let op = GraphOp::ConvTranspose {
+            kernel_shape: [c.kernel_size.0, c.kernel_size.1],
+            strides: [c.stride.0, c.stride.1],
+            pads: [c.padding.0, c.padding.1, c.padding.0, c.padding.1],
+            dilations: [c.dilation.0, c.dilation.1],
+            group: c.groups,
+            output_padding: [c.output_padding.0, c.output_padding.1],
+        };
+        g.node(op, &ins)
     }
     fn own_parameters(&self) -> Vec<(String, Tensor)> {
         crate::module::named(&[("weight", Some(&self.weight)), ("bias", self.bias.as_ref())])

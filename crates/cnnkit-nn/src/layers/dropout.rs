@@ -1,6 +1,7 @@
 //! Dropout (Srivastava et al. 2014) and Dropout2d (whole channels), active in train mode only.
 //! Kept elements are scaled by 1/(1−p) so eval needs no rescaling (PyTorch's inverted dropout).
 
+use crate::graph::GraphBuilder;
 use crate::module::Module;
 use cnnkit_core::{Error, Result, Tensor};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -43,6 +44,10 @@ impl Module for Dropout {
     fn set_own_training(&self, t: bool) {
         self.training.store(t, Ordering::Relaxed);
     }
+    /// Eval-mode dropout is the identity: no node.
+    fn to_graph(&self, _g: &mut GraphBuilder, x: &str) -> Result<String> {
+        Ok(x.to_string())
+    }
     fn describe(&self) -> String {
         format!("Dropout(p={})", self.p)
     }
@@ -76,6 +81,9 @@ impl Module for Dropout2d {
     }
     fn set_own_training(&self, t: bool) {
         self.training.store(t, Ordering::Relaxed);
+    }
+    fn to_graph(&self, _g: &mut GraphBuilder, x: &str) -> Result<String> {
+        Ok(x.to_string())
     }
     fn describe(&self) -> String {
         format!("Dropout2d(p={})", self.p)

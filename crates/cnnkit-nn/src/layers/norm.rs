@@ -2,6 +2,7 @@
 //! Defaults are PyTorch's: eps 1e-5, momentum 0.1, affine true (InstanceNorm: false),
 //! running variance stored unbiased.
 
+use crate::graph::{GraphBuilder, GraphOp};
 use crate::module::Module;
 use cnnkit_core::{DType, Error, Result, Tensor};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -135,6 +136,29 @@ impl Module for BatchNorm {
     }
     fn set_own_training(&self, t: bool) {
         self.training.store(t, Ordering::Relaxed);
+    }
+    /// BatchNormalization (inference form) with the running statistics.
+    fn to_graph(&self, g: &mut GraphBuilder, x: &str) -> Result<String> {
+        let (Some(rm), Some(rv)) = (&self.running_mean, &self.running_var) else {
+            return Err(Error::invalid(
+                "to_graph",
+                format!(
+                    "{}: without running statistics eval mode uses batch statistics, which ONNX BatchNormalization cannot express",
+                    self.describe()
+                ),
+            ));
+        };
+        let c = self.num_features;
+        let w = match &self.weight {
+            Some(w) => g.param("weight", w),
+            None => g.constant(Tensor::ones(&[c], rm.dtype())),
+        };
+        let b = match &self.bias {
+            Some(b) => g.param("bias", b),
+            None => g.constant(Tensor::zeros(&[c], rm.dtype())),
+        };
+        let (m, v) = (g.param("running_mean", rm), g.param("running_var", rv));
+        g.node(GraphOp::BatchNormalization { epsilon: self.eps }, &[x, &w, &b, &m, &v])
     }
     fn describe(&self) -> String {
         format!(

@@ -1,5 +1,6 @@
 //! Pooling layers: MaxPool2d, MaxUnpool2d, AvgPool2d, AdaptiveAvgPool2d, AdaptiveMaxPool2d.
 
+use crate::graph::{GraphBuilder, GraphOp};
 use crate::module::Module;
 use cnnkit_core::{Error, Pool2dArgs, Result, Tensor};
 
@@ -39,6 +40,17 @@ impl MaxPool2d {
 impl Module for MaxPool2d {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         x.max_pool2d(self.args)
+    }
+    fn to_graph(&self, g: &mut GraphBuilder, x: &str) -> Result<String> {
+        let a = &self.args;
+        let op = GraphOp::MaxPool {
+            kernel_shape: [a.kernel.0, a.kernel.1],
+            strides: [a.stride.0, a.stride.1],
+            pads: [a.padding.0, a.padding.1, a.padding.0, a.padding.1],
+            dilations: [a.dilation.0, a.dilation.1],
+            ceil_mode: a.ceil_mode,
+        };
+        g.node(op, &[x])
     }
     fn describe(&self) -> String {
         let a = &self.args;
@@ -123,9 +135,48 @@ impl Module for AvgPool2d {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         x.avg_pool2d(self.args, self.count_include_pad)
     }
+    fn to_graph(&self, g: &mut GraphBuilder, x: &str) -> Result<String> {
+        let a = &self.args;
+        let op = GraphOp::AveragePool {
+            kernel_shape: [a.kernel.0, a.kernel.1],
+            strides: [a.stride.0, a.stride.1],
+            pads: [a.padding.0, a.padding.1, a.padding.0, a.padding.1],
+            ceil_mode: a.ceil_mode,
+            count_include_pad: self.count_include_pad,
+        };
+        g.node(op, &[x])
+    }
     fn describe(&self) -> String {
         format!("AvgPool2d(kernel_size={:?}, stride={:?}, padding={:?})", self.args.kernel, self.args.stride, self.args.padding)
     }
+}
+
+/// Adaptive pooling as ONNX can say it: a 1×1 output is the global pool; an output size that
+/// divides the (static) input size gives equal windows, i.e. a plain pool with kernel = stride
+/// = input/output; anything else has overlapping, uneven windows and is an error.
+fn adaptive_graph(g: &mut GraphBuilder, x: &str, out: (usize, usize), max: bool) -> Result<String> {
+    let what = if max { "AdaptiveMaxPool2d" } else { "AdaptiveAvgPool2d" };
+    if out == (1, 1) {
+        return g.node(if max { GraphOp::GlobalMaxPool } else { GraphOp::GlobalAveragePool }, &[x]);
+    }
+    let s = g.shape_of(x).unwrap_or_default();
+    let (h, w) = match s.as_slice() {
+        [_, _, Some(h), Some(w)] => (*h, *w),
+        _ => return Err(Error::invalid("to_graph", format!("{what}: needs a 4-D input with static H and W, got {s:?}"))),
+    };
+    if out.0 == 0 || out.1 == 0 || h % out.0 != 0 || w % out.1 != 0 {
+        return Err(Error::invalid(
+            "to_graph",
+            format!("{what}: output {out:?} does not divide the input ({h}, {w}); ONNX has no adaptive pooling"),
+        ));
+    }
+    let (kh, kw) = (h / out.0, w / out.1);
+    let op = if max {
+        GraphOp::MaxPool { kernel_shape: [kh, kw], strides: [kh, kw], pads: [0; 4], dilations: [1, 1], ceil_mode: false }
+    } else {
+        GraphOp::AveragePool { kernel_shape: [kh, kw], strides: [kh, kw], pads: [0; 4], ceil_mode: false, count_include_pad: false }
+    };
+    g.node(op, &[x])
 }
 
 /// x: (N, C, H, W) → (N, C, OH, OW), windows chosen adaptively.
@@ -143,6 +194,9 @@ impl AdaptiveAvgPool2d {
 impl Module for AdaptiveAvgPool2d {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         x.adaptive_avg_pool2d(self.output_size)
+    }
+    fn to_graph(&self, g: &mut GraphBuilder, x: &str) -> Result<String> {
+        adaptive_graph(g, x, self.output_size, false)
     }
     fn describe(&self) -> String {
         format!("AdaptiveAvgPool2d(output_size={:?})", self.output_size)
@@ -167,6 +221,9 @@ impl AdaptiveMaxPool2d {
 impl Module for AdaptiveMaxPool2d {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         Ok(self.forward_with_indices(x)?.0)
+    }
+    fn to_graph(&self, g: &mut GraphBuilder, x: &str) -> Result<String> {
+        adaptive_graph(g, x, self.output_size, true)
     }
     fn describe(&self) -> String {
         format!("AdaptiveMaxPool2d(output_size={:?})", self.output_size)

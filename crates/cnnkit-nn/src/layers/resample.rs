@@ -1,5 +1,6 @@
 //! Upsample (nearest, bilinear), PixelShuffle, ChannelShuffle, ZeroPad2d.
 
+use crate::graph::{CoordMode, GraphBuilder, GraphOp, NearestMode, PadKind, ResizeMode};
 use crate::module::Module;
 use cnnkit_core::{Error, PadMode, Result, Tensor};
 
@@ -62,6 +63,31 @@ impl Module for Upsample {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         interpolate(x, self.size, self.scale_factor, self.mode, self.align_corners)
     }
+    /// Resize as torch.onnx exports F.interpolate: nearest = asymmetric + floor; bilinear =
+    /// linear with align_corners or pytorch_half_pixel. A scale factor goes in `scales` (so
+    /// the source coordinates use it, as PyTorch does); a size goes in `sizes` = (N, C, OH, OW)
+    /// with N and C taken from the input's Shape.
+    fn to_graph(&self, g: &mut GraphBuilder, x: &str) -> Result<String> {
+        let (mode, cm) = match (self.mode, self.align_corners) {
+            (UpsampleMode::Nearest, _) => (ResizeMode::Nearest, CoordMode::Asymmetric),
+            (UpsampleMode::Bilinear, true) => (ResizeMode::Linear, CoordMode::AlignCorners),
+            (UpsampleMode::Bilinear, false) => (ResizeMode::Linear, CoordMode::PytorchHalfPixel),
+        };
+        let op = GraphOp::Resize { mode, coordinate_transformation_mode: cm, nearest_mode: NearestMode::Floor };
+        match (self.size, self.scale_factor) {
+            (None, Some((sh, sw))) => {
+                let s = g.constant(Tensor::from_vec(vec![1.0f32, 1.0, sh as f32, sw as f32], &[4])?);
+                g.node(op, &[x, "", &s])
+            }
+            (Some((oh, ow)), None) => {
+                let nc = g.node(GraphOp::Shape { start: 0, end: Some(2) }, &[x])?;
+                let hw = g.const_i64(&[oh as i64, ow as i64])?;
+                let sizes = g.node(GraphOp::Concat { axis: 0 }, &[&nc, &hw])?;
+                g.node(op, &[x, "", "", &sizes])
+            }
+            _ => Err(Error::invalid("to_graph", "Upsample: give exactly one of size and scale_factor")),
+        }
+    }
     fn describe(&self) -> String {
         format!("Upsample(size={:?}, scale_factor={:?}, mode={:?})", self.size, self.scale_factor, self.mode)
     }
@@ -93,6 +119,10 @@ impl Module for PixelShuffle {
         let y = x.reshape(&[n, c, r, r, h, w])?.permute(&[0, 1, 4, 2, 5, 3])?;
         y.reshape(&[lead, &[c, h * r, w * r]].concat())
     }
+    /// DepthToSpace in CRD order is exactly pixel_shuffle (ONNX DepthToSpace spec).
+    fn to_graph(&self, g: &mut GraphBuilder, x: &str) -> Result<String> {
+        g.node(GraphOp::DepthToSpace { blocksize: self.upscale_factor, crd: true }, &[x])
+    }
 }
 
 /// Interleaves channel groups (ShuffleNet, Zhang et al. 2018). x: (N, C, H, W).
@@ -122,6 +152,24 @@ impl Module for ChannelShuffle {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         channel_shuffle(x, self.groups)
     }
+    /// Reshape (N, g, C/g, rest) → Transpose(0, 2, 1, 3) → Reshape back to the input's shape.
+    fn to_graph(&self, g: &mut GraphBuilder, x: &str) -> Result<String> {
+        let s = g.shape_of(x).unwrap_or_default();
+        let c = match s.get(1) {
+            Some(Some(c)) if s.len() >= 3 && self.groups > 0 && c % self.groups == 0 => *c,
+            _ => {
+                return Err(Error::invalid(
+                    "to_graph",
+                    format!("ChannelShuffle: input {s:?} needs static channels divisible by {}", self.groups),
+                ))
+            }
+        };
+        let grouped = g.const_i64(&[0, self.groups as i64, (c / self.groups) as i64, -1])?;
+        let t = g.node(GraphOp::Reshape { allowzero: false }, &[x, &grouped])?;
+        let t = g.node(GraphOp::Transpose { perm: vec![0, 2, 1, 3] }, &[&t])?;
+        let back = g.node(GraphOp::Shape { start: 0, end: None }, &[x])?;
+        g.node(GraphOp::Reshape { allowzero: false }, &[&t, &back])
+    }
 }
 
 /// Zero padding (left, right, top, bottom) of the last two dims.
@@ -143,6 +191,12 @@ impl ZeroPad2d {
 impl Module for ZeroPad2d {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         x.pad2d(self.padding, PadMode::Constant, 0.0)
+    }
+    fn to_graph(&self, g: &mut GraphBuilder, x: &str) -> Result<String> {
+        let [l, r, t, b] = self.padding;
+        let rank = g.rank_of(x, "ZeroPad2d")?;
+        let p = g.pads_last2(rank, [t as i64, l as i64, b as i64, r as i64])?;
+        g.node(GraphOp::Pad { mode: PadKind::Constant }, &[x, &p])
     }
     fn describe(&self) -> String {
         format!("ZeroPad2d({:?})", self.padding)

@@ -1,0 +1,443 @@
+//! The graph executor: nodes run in order on cnnkit-core ops under no-grad, each value dropped
+//! after its last use. Integer (int64) shape arithmetic is done here on small vectors.
+//! Semantics follow the ONNX operator specs (https://onnx.ai/onnx/operators/).
+
+use super::{CoordMode, Graph, GraphOp, NearestMode, Node, PadKind, ResizeMode};
+use cnnkit_core::elementwise::broadcast_shape;
+use cnnkit_core::{DType, Error, PadMode, Pool2dArgs, Result, Tensor, UnaryOp};
+use std::collections::HashMap;
+
+/// A node-local failure message; the caller prefixes the node's name and op.
+pub(crate) struct E(pub String);
+
+impl From<Error> for E {
+    fn from(e: Error) -> Self {
+        E(e.to_string())
+    }
+}
+
+pub(crate) type R<T> = std::result::Result<T, E>;
+
+pub(crate) fn fail<T>(msg: impl Into<String>) -> R<T> {
+    Err(E(msg.into()))
+}
+
+/// The error for `node`, naming it and its op.
+pub(crate) fn node_error(node: &Node, e: E) -> Error {
+    Error::invalid("graph", format!("node {} ({}): {}", node.name, node.op.name(), e.0))
+}
+
+impl Graph {
+    /// Runs the graph on `inputs` (by graph input name) and returns the graph outputs in order.
+    /// Static dims of the declared input shapes are checked.
+    pub fn run(&self, inputs: &[(&str, Tensor)]) -> Result<Vec<Tensor>> {
+        let _guard = cnnkit_core::no_grad();
+        let mut env: HashMap<&str, Tensor> = HashMap::new();
+        for (name, _) in inputs {
+            if !self.inputs.iter().any(|v| v.name == *name) {
+                return Err(super::graph_err(format!("'{name}' is not an input of the graph")));
+            }
+        }
+        for vi in &self.inputs {
+            let t = inputs
+                .iter()
+                .find(|(n, _)| *n == vi.name)
+                .map(|(_, t)| t.clone())
+                .ok_or_else(|| super::graph_err(format!("missing graph input '{}'", vi.name)))?;
+            let ok = t.ndim() == vi.shape.len() && t.shape().iter().zip(&vi.shape).all(|(&a, b)| b.is_none_or(|b| a == b));
+            if !ok {
+                return Err(super::graph_err(format!(
+                    "input '{}' has shape {:?} but the graph expects {:?}",
+                    vi.name,
+                    t.shape(),
+                    vi.shape
+                )));
+            }
+            env.insert(vi.name.as_str(), t);
+        }
+        // Index of the last node reading each value, so activations are freed as soon as possible.
+        let mut last_use: HashMap<&str, usize> = HashMap::new();
+        for (i, n) in self.nodes.iter().enumerate() {
+            for v in &n.inputs {
+                last_use.insert(v.as_str(), i);
+            }
+        }
+        for (i, node) in self.nodes.iter().enumerate() {
+            let mut args = Vec::with_capacity(node.inputs.len());
+            for v in &node.inputs {
+                if v.is_empty() {
+                    args.push(None);
+                    continue;
+                }
+                let t = env.get(v.as_str()).or_else(|| self.initializers.get(v));
+                let t = t.ok_or_else(|| node_error(node, E(format!("input '{v}' is not defined before this node"))))?;
+                args.push(Some(t.clone()));
+            }
+            let outs = eval(&node.op, &args, node.outputs.len()).map_err(|e| node_error(node, e))?;
+            for (name, t) in node.outputs.iter().zip(outs) {
+                if !name.is_empty() {
+                    env.insert(name.as_str(), t);
+                }
+            }
+            for v in &node.inputs {
+                if last_use.get(v.as_str()) == Some(&i) && !self.outputs.contains(v) {
+                    env.remove(v.as_str());
+                }
+            }
+        }
+        self.outputs
+            .iter()
+            .map(|o| {
+                env.get(o.as_str())
+                    .or_else(|| self.initializers.get(o))
+                    .cloned()
+                    .ok_or_else(|| super::graph_err(format!("graph output '{o}' was not computed")))
+            })
+            .collect()
+    }
+}
+
+fn req<'a>(args: &'a [Option<Tensor>], i: usize, what: &str) -> R<&'a Tensor> {
+    match args.get(i) {
+        Some(Some(t)) => Ok(t),
+        _ => fail(format!("missing required input {i} ({what})")),
+    }
+}
+
+fn opt(args: &[Option<Tensor>], i: usize) -> Option<&Tensor> {
+    args.get(i).and_then(|a| a.as_ref())
+}
+
+/// The values of an integer (or integral float) tensor.
+pub(crate) fn ints(t: &Tensor) -> R<Vec<i64>> {
+    Ok(t.to_f64_vec()?.into_iter().map(|v| v as i64).collect())
+}
+
+/// A rank-relative axis in [0, rank).
+pub(crate) fn axis(a: i64, rank: usize) -> R<usize> {
+    let r = rank as i64;
+    if a < -r || a >= r {
+        return fail(format!("axis {a} out of range for rank {rank}"));
+    }
+    Ok(a.rem_euclid(r.max(1)) as usize)
+}
+
+fn float(t: &Tensor) -> R<()> {
+    if t.dtype().is_float() {
+        Ok(())
+    } else {
+        fail(format!("expects a float tensor, got {}", t.dtype().name()))
+    }
+}
+
+/// Broadcasting integer arithmetic (shape computations).
+fn int_binary(a: &Tensor, b: &Tensor, f: fn(i64, i64) -> Option<i64>) -> R<Tensor> {
+    let shape = broadcast_shape(a.shape(), b.shape()).ok_or_else(|| E(format!("cannot broadcast {:?} with {:?}", a.shape(), b.shape())))?;
+    let (x, y) = (a.broadcast_to(&shape)?.to_vec::<i64>()?, b.broadcast_to(&shape)?.to_vec::<i64>()?);
+    let v: Option<Vec<i64>> = x.iter().zip(&y).map(|(&p, &q)| f(p, q)).collect();
+    Ok(Tensor::from_vec(v.ok_or_else(|| E("integer overflow or division by zero".into()))?, &shape)?)
+}
+
+fn binary(op: &GraphOp, a: &Tensor, b: &Tensor) -> R<Tensor> {
+    use GraphOp::*;
+    if a.dtype() == DType::I64 && b.dtype() == DType::I64 {
+        let f: fn(i64, i64) -> Option<i64> = match op {
+            Add => i64::checked_add,
+            Sub => i64::checked_sub,
+            Mul => i64::checked_mul,
+            Div => i64::checked_div,
+            Max => |p, q| Some(p.max(q)),
+            Min => |p, q| Some(p.min(q)),
+            Pow => |p, q| u32::try_from(q).ok().and_then(|q| p.checked_pow(q)),
+            _ => return fail("not a binary op"),
+        };
+        return int_binary(a, b, f);
+    }
+    float(a)?;
+    // Pow may take an exponent of another type (opset 12+); the base's type wins.
+    let b = if b.dtype() != a.dtype() { b.to_dtype(a.dtype())? } else { b.clone() };
+    Ok(match op {
+        Add => a.add(&b)?,
+        Sub => a.sub(&b)?,
+        Mul => a.mul(&b)?,
+        Div => a.div(&b)?,
+        Pow => a.pow(&b)?,
+        Max => a.maximum(&b)?,
+        Min => a.minimum(&b)?,
+        _ => return fail("not a binary op"),
+    })
+}
+
+fn unary(op: &GraphOp, x: &Tensor) -> R<Tensor> {
+    use GraphOp::*;
+    if x.dtype() == DType::I64 && matches!(op, Neg | Abs) {
+        let f = if *op == Neg { |v: i64| v.wrapping_neg() } else { |v: i64| v.wrapping_abs() };
+        return Ok(Tensor::from_vec(x.to_vec::<i64>()?.into_iter().map(f).collect(), x.shape())?);
+    }
+    float(x)?;
+    let u = match op {
+        Relu => UnaryOp::Relu,
+        LeakyRelu { alpha } => UnaryOp::LeakyRelu(*alpha),
+        Sigmoid => UnaryOp::Sigmoid,
+        Tanh => UnaryOp::Tanh,
+        HardSwish => UnaryOp::Hardswish,
+        Elu { alpha } => UnaryOp::Elu { alpha: *alpha, scale: 1.0, input_scale: 1.0 },
+        Selu { alpha, gamma } => UnaryOp::Elu { alpha: *alpha, scale: *gamma, input_scale: 1.0 },
+        // ln(1 + eˣ); above 20 it equals x to within f64 rounding of the f32 result.
+        Softplus => UnaryOp::Softplus { beta: 1.0, threshold: 20.0 },
+        Gelu { approximate_tanh: true } => UnaryOp::GeluTanh,
+        Gelu { approximate_tanh: false } => UnaryOp::Gelu,
+        Neg => UnaryOp::Neg,
+        Sqrt => UnaryOp::Sqrt,
+        Exp => UnaryOp::Exp,
+        Log => UnaryOp::Log,
+        Abs => UnaryOp::Abs,
+        Reciprocal => UnaryOp::Recip,
+        HardSigmoid { alpha, beta } => {
+            // PyTorch's hardsigmoid is relu6(x + 3)/6; use it when the attributes say so.
+            if (alpha - 1.0 / 6.0).abs() < 1e-7 && *beta == 0.5 {
+                UnaryOp::Hardsigmoid
+            } else {
+                return Ok(x.mul_scalar(*alpha)?.add_scalar(*beta)?.clamp(Some(0.0), Some(1.0))?);
+            }
+        }
+        Erf => {
+            let v: Vec<f64> = x.to_f64_vec()?.into_iter().map(libm::erf).collect();
+            return Ok(Tensor::from_vec(v, x.shape())?.to_dtype(x.dtype())?);
+        }
+        _ => return fail("not a unary op"),
+    };
+    Ok(x.unary(u)?)
+}
+
+/// The scalar value of an optional scalar input (Clip bounds, Pad value).
+fn scalar(t: Option<&Tensor>) -> R<Option<f64>> {
+    match t {
+        None => Ok(None),
+        Some(t) if t.numel() == 1 => Ok(Some(t.to_f64_vec()?[0])),
+        Some(t) => fail(format!("expected a scalar, got shape {:?}", t.shape())),
+    }
+}
+
+fn need_4d(x: &Tensor, op: &str) -> R<()> {
+    if x.ndim() != 4 {
+        return fail(format!("input has shape {:?} but {op} needs 4-D", x.shape()));
+    }
+    Ok(())
+}
+
+/// Pads the last two dims when ONNX pads are asymmetric; returns the symmetric remainder.
+fn split_pads(x: &Tensor, pads: [usize; 4], fill: f64) -> R<(Tensor, (usize, usize))> {
+    let [t, l, b, r] = pads;
+    if t == b && l == r {
+        return Ok((x.clone(), (t, l)));
+    }
+    Ok((x.pad2d([l as isize, r as isize, t as isize, b as isize], PadMode::Constant, fill)?, (0, 0)))
+}
+
+/// Runs one op on its inputs, producing `n_out` outputs.
+pub(crate) fn eval(op: &GraphOp, args: &[Option<Tensor>], n_out: usize) -> R<Vec<Tensor>> {
+    use GraphOp::*;
+    let x = || req(args, 0, "X");
+    let one = |t: Tensor| Ok(vec![t]);
+    match op {
+        Conv { strides, pads, dilations, group, .. } => {
+            let (x, w) = (x()?, req(args, 1, "W")?);
+            need_4d(x, "Conv")?;
+            let (xp, padding) = split_pads(x, *pads, 0.0)?;
+            let a = cnnkit_core::Conv2dArgs {
+                stride: (strides[0], strides[1]),
+                padding,
+                dilation: (dilations[0], dilations[1]),
+                groups: *group,
+            };
+            one(xp.conv2d(w, opt(args, 2), a)?)
+        }
+        ConvTranspose { strides, pads, dilations, group, output_padding, .. } => {
+            let (x, w) = (x()?, req(args, 1, "W")?);
+            need_4d(x, "ConvTranspose")?;
+            if pads[0] != pads[2] || pads[1] != pads[3] {
+                return fail(format!("asymmetric pads {pads:?} are not supported"));
+            }
+            let a = cnnkit_core::Conv2dArgs {
+                stride: (strides[0], strides[1]),
+                padding: (pads[0], pads[1]),
+                dilation: (dilations[0], dilations[1]),
+                groups: *group,
+            };
+            one(x.conv_transpose2d(w, opt(args, 2), a, (output_padding[0], output_padding[1]))?)
+        }
+        BatchNormalization { epsilon } => {
+            let (s, b, m, v) = (req(args, 1, "scale")?, req(args, 2, "B")?, req(args, 3, "mean")?, req(args, 4, "var")?);
+            one(x()?.batch_norm(Some(m), Some(v), Some(s), Some(b), false, 0.0, *epsilon)?)
+        }
+        Gemm { alpha, beta, trans_a, trans_b } => {
+            let (a, b) = (x()?, req(args, 1, "B")?);
+            if a.ndim() != 2 || b.ndim() != 2 {
+                return fail(format!("Gemm needs 2-D operands, got {:?} and {:?}", a.shape(), b.shape()));
+            }
+            let a = if *trans_a { a.t()? } else { a.clone() };
+            let b = if *trans_b { b.t()? } else { b.clone() };
+            let mut y = a.matmul(&b)?;
+            if *alpha != 1.0 {
+                y = y.mul_scalar(*alpha)?;
+            }
+            if let Some(c) = opt(args, 2) {
+                let c = if *beta != 1.0 { c.mul_scalar(*beta)? } else { c.clone() };
+                y = y.add(&c)?;
+            }
+            one(y)
+        }
+        MatMul => one(x()?.matmul(req(args, 1, "B")?)?),
+        PRelu => {
+            let (x, s) = (x()?, req(args, 1, "slope")?);
+            let pos = x.relu()?;
+            one(pos.add(&x.sub(&pos)?.mul(s)?)?)
+        }
+        Relu
+        | LeakyRelu { .. }
+        | Sigmoid
+        | Tanh
+        | HardSigmoid { .. }
+        | HardSwish
+        | Elu { .. }
+        | Selu { .. }
+        | Softplus
+        | Gelu { .. }
+        | Neg
+        | Sqrt
+        | Exp
+        | Log
+        | Abs
+        | Reciprocal
+        | Erf => one(unary(op, x()?)?),
+        Clip => {
+            let (lo, hi) = (scalar(opt(args, 1))?, scalar(opt(args, 2))?);
+            one(x()?.clamp(lo, hi)?)
+        }
+        Add | Sub | Mul | Div | Pow => one(binary(op, x()?, req(args, 1, "B")?)?),
+        Max | Min => {
+            let mut acc = x()?.clone();
+            for t in args[1..].iter().flatten() {
+                acc = binary(op, &acc, t)?;
+            }
+            one(acc)
+        }
+        MaxPool { kernel_shape, strides, pads, dilations, ceil_mode } => {
+            let x = x()?;
+            need_4d(x, "MaxPool")?;
+            if ceil_mode & (pads[0] != pads[2] || pads[1] != pads[3]) {
+                return fail("asymmetric pads with ceil_mode are not supported");
+            }
+            let (xp, padding) = split_pads(x, *pads, f64::NEG_INFINITY)?;
+            let a = Pool2dArgs {
+                kernel: (kernel_shape[0], kernel_shape[1]),
+                stride: (strides[0], strides[1]),
+                padding,
+                dilation: (dilations[0], dilations[1]),
+                ceil_mode: *ceil_mode,
+            };
+            let y = xp.max_pool2d(a)?;
+            if n_out > 1 {
+                return fail("the Indices output of MaxPool is not supported");
+            }
+            one(y)
+        }
+        AveragePool { kernel_shape, strides, pads, ceil_mode, count_include_pad } => {
+            let x = x()?;
+            need_4d(x, "AveragePool")?;
+            if pads[0] != pads[2] || pads[1] != pads[3] {
+                return fail(format!("asymmetric pads {pads:?} are not supported"));
+            }
+            let a = Pool2dArgs {
+                kernel: (kernel_shape[0], kernel_shape[1]),
+                stride: (strides[0], strides[1]),
+                padding: (pads[0], pads[1]),
+                dilation: (1, 1),
+                ceil_mode: *ceil_mode,
+            };
+            one(x.avg_pool2d(a, *count_include_pad)?)
+        }
+        GlobalAveragePool | GlobalMaxPool => {
+            let x = x()?;
+            if x.ndim() < 3 {
+                return fail(format!("input has shape {:?} but {} needs (N, C, …)", x.shape(), op.name()));
+            }
+            let dims: Vec<isize> = (2..x.ndim() as isize).collect();
+            if *op == GlobalAveragePool {
+                return one(x.mean(&dims, true)?);
+            }
+            let mut y = x.clone();
+            for d in dims {
+                y = y.max_dim(d, true)?.0;
+            }
+            one(y)
+        }
+        _ => super::exec_shape::eval_shape_op(op, args, n_out),
+    }
+}
+
+/// Resize of a 4-D tensor's last two dims (the modes PyTorch's exporter emits).
+pub(crate) fn resize(x: &Tensor, scales: Option<&Tensor>, sizes: Option<&Tensor>, op: &GraphOp) -> R<Tensor> {
+    let GraphOp::Resize { mode, coordinate_transformation_mode: cm, nearest_mode } = op else {
+        return fail("not Resize");
+    };
+    need_4d(x, "Resize")?;
+    let (h, w) = (x.shape()[2], x.shape()[3]);
+    // An empty tensor stands for an absent input (opsets 11–12 require the slot).
+    let scales = scales.filter(|t| t.numel() > 0);
+    let sizes = sizes.filter(|t| t.numel() > 0);
+    let (oh, ow, sc) = match (scales, sizes) {
+        (Some(s), None) => {
+            let s = s.to_f64_vec()?;
+            if s.len() != 4 || s[0] != 1.0 || s[1] != 1.0 || s[2] <= 0.0 || s[3] <= 0.0 {
+                return fail(format!("scales {s:?}: only the last two dims can be resized"));
+            }
+            // Output size is floor(input · scale) (ONNX Resize spec).
+            ((h as f64 * s[2]).floor() as usize, (w as f64 * s[3]).floor() as usize, Some((s[2], s[3])))
+        }
+        (None, Some(z)) => {
+            let z = ints(z)?;
+            if z.len() != 4 || z[0] as usize != x.shape()[0] || z[1] as usize != x.shape()[1] || z[2] <= 0 || z[3] <= 0 {
+                return fail(format!("sizes {z:?}: only the last two dims can be resized"));
+            }
+            (z[2] as usize, z[3] as usize, None)
+        }
+        _ => return fail("exactly one of scales and sizes must be given"),
+    };
+    match (mode, cm) {
+        // asymmetric + floor is PyTorch's "nearest": source = floor(o / scale).
+        (ResizeMode::Nearest, CoordMode::Asymmetric) if *nearest_mode == NearestMode::Floor => Ok(x.upsample_nearest2d_scaled(oh, ow, sc)?),
+        (ResizeMode::Linear, CoordMode::AlignCorners) => Ok(x.upsample_bilinear2d(oh, ow, true)?),
+        (ResizeMode::Linear, CoordMode::PytorchHalfPixel | CoordMode::HalfPixel) => Ok(x.upsample_bilinear2d_scaled(oh, ow, false, sc)?),
+        _ => fail(format!("mode {mode:?} with coordinate_transformation_mode {cm:?} and nearest_mode {nearest_mode:?} is not supported")),
+    }
+}
+
+/// ONNX Pad on the last two dims (other dims must have zero pads).
+pub(crate) fn pad(x: &Tensor, pads: &[i64], value: f64, axes: Option<Vec<i64>>, mode: PadKind) -> R<Tensor> {
+    let r = x.ndim();
+    let axes: Vec<usize> = match axes {
+        Some(a) => a.iter().map(|&a| axis(a, r)).collect::<R<_>>()?,
+        None => (0..r).collect(),
+    };
+    if pads.len() != 2 * axes.len() {
+        return fail(format!("pads has {} values for {} axes", pads.len(), axes.len()));
+    }
+    let k = axes.len();
+    let mut full = vec![0i64; 2 * r];
+    for (i, &a) in axes.iter().enumerate() {
+        full[a] = pads[i];
+        full[r + a] = pads[k + i];
+    }
+    if r < 2 || (0..r - 2).any(|d| full[d] != 0 || full[r + d] != 0) {
+        return fail(format!("pads {pads:?}: only the last two dims of a tensor can be padded"));
+    }
+    let (t, l, b, rr) = (full[r - 2], full[r - 1], full[2 * r - 2], full[2 * r - 1]);
+    let m = match mode {
+        PadKind::Constant => PadMode::Constant,
+        PadKind::Reflect => PadMode::Reflect,
+        PadKind::Edge => PadMode::Replicate,
+    };
+    Ok(x.pad2d([l as isize, rr as isize, t as isize, b as isize], m, value)?)
+}
