@@ -5,6 +5,7 @@
 
 use cnnkit_core::random::with_default_generator;
 use cnnkit_core::{DType, Error, Result, Tensor};
+use cnnkit_nn::graph::{GraphBuilder, GraphOp};
 use cnnkit_nn::init::{self, FanMode, Nonlinearity};
 use cnnkit_nn::{
     AdaptiveAvgPool2d, BatchNorm2d, BatchNormConfig, Conv2d, Conv2dConfig, Hardsigmoid, Hardswish, Module, ModuleExt, ReLU, ReLU6,
@@ -105,6 +106,13 @@ impl Module for NamedSequential {
     fn children(&self) -> Vec<(String, &dyn Module)> {
         self.layers.iter().map(|(n, l)| (n.clone(), l.as_ref())).collect()
     }
+    fn to_graph(&self, g: &mut GraphBuilder, x: &str) -> Result<String> {
+        let mut h = x.to_string();
+        for (n, l) in &self.layers {
+            h = g.module(n, l.as_ref(), &h)?;
+        }
+        Ok(h)
+    }
     fn describe(&self) -> String {
         "Sequential".into()
     }
@@ -149,6 +157,14 @@ impl Module for SqueezeExcitation {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         self.scale(x)?.mul(x)
     }
+    fn to_graph(&self, g: &mut GraphBuilder, x: &str) -> Result<String> {
+        let s = g.module("avgpool", &self.avgpool, x)?;
+        let s = g.module("fc1", &self.fc1, &s)?;
+        let s = g.module("activation", self.activation.as_ref(), &s)?;
+        let s = g.module("fc2", &self.fc2, &s)?;
+        let s = g.module("scale_activation", self.scale_activation.as_ref(), &s)?;
+        g.node(GraphOp::Mul, &[&s, x])
+    }
     fn children(&self) -> Vec<(String, &dyn Module)> {
         vec![
             ("avgpool".into(), &self.avgpool as &dyn Module),
@@ -191,6 +207,10 @@ impl Module for StochasticDepth {
     }
     fn set_own_training(&self, training: bool) {
         self.training.store(training, Ordering::Relaxed);
+    }
+    /// Eval mode: the identity.
+    fn to_graph(&self, _g: &mut GraphBuilder, x: &str) -> Result<String> {
+        Ok(x.to_string())
     }
     fn describe(&self) -> String {
         format!("StochasticDepth(p={}, mode=row)", self.p)

@@ -4,6 +4,7 @@
 
 use crate::blocks::{check_input, init_weights, ConvInit, LinearInit, NamedSequential};
 use cnnkit_core::{Result, Tensor};
+use cnnkit_nn::graph::{GraphBuilder, GraphOp};
 use cnnkit_nn::{AvgPool2d, BatchNorm2d, Conv2d, Conv2dConfig, Linear, MaxPool2d, Module, ModuleExt, ReLU};
 
 /// BN → ReLU → 1×1 conv (bn_size·growth) → BN → ReLU → 3×3 conv (growth).
@@ -32,6 +33,14 @@ impl Module for DenseLayer {
         let h = self.conv1.call(&self.norm1.call(x)?.relu()?)?;
         self.conv2.call(&self.norm2.call(&h)?.relu()?)
     }
+    fn to_graph(&self, g: &mut GraphBuilder, x: &str) -> Result<String> {
+        let h = g.module("norm1", &self.norm1, x)?;
+        let h = g.node(GraphOp::Relu, &[&h])?;
+        let h = g.module("conv1", &self.conv1, &h)?;
+        let h = g.module("norm2", &self.norm2, &h)?;
+        let h = g.node(GraphOp::Relu, &[&h])?;
+        g.module("conv2", &self.conv2, &h)
+    }
     fn children(&self) -> Vec<(String, &dyn Module)> {
         vec![
             ("norm1".into(), &self.norm1 as &dyn Module),
@@ -56,6 +65,16 @@ impl Module for DenseBlock {
             features.push(l.call(&input)?);
         }
         Tensor::cat(&features, 1)
+    }
+    fn to_graph(&self, g: &mut GraphBuilder, x: &str) -> Result<String> {
+        let mut features = vec![x.to_string()];
+        for (i, l) in self.layers.iter().enumerate() {
+            let refs: Vec<&str> = features.iter().map(String::as_str).collect();
+            let input = if refs.len() == 1 { refs[0].to_string() } else { g.node(GraphOp::Concat { axis: 1 }, &refs)? };
+            features.push(g.module(&format!("denselayer{}", i + 1), l, &input)?);
+        }
+        let refs: Vec<&str> = features.iter().map(String::as_str).collect();
+        g.node(GraphOp::Concat { axis: 1 }, &refs)
     }
     fn children(&self) -> Vec<(String, &dyn Module)> {
         self.layers.iter().enumerate().map(|(i, l)| (format!("denselayer{}", i + 1), l as &dyn Module)).collect()
@@ -123,6 +142,13 @@ impl DenseNet {
 impl Module for DenseNet {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         self.classifier.call(&self.features(x)?)
+    }
+    fn to_graph(&self, g: &mut GraphBuilder, x: &str) -> Result<String> {
+        let h = g.module("features", &self.features, x)?;
+        let h = g.node(GraphOp::Relu, &[&h])?;
+        let h = g.node(GraphOp::GlobalAveragePool, &[&h])?;
+        let h = g.node(GraphOp::Flatten { axis: 1 }, &[&h])?;
+        g.module("classifier", &self.classifier, &h)
     }
     fn children(&self) -> Vec<(String, &dyn Module)> {
         vec![("features".into(), &self.features as &dyn Module), ("classifier".into(), &self.classifier)]

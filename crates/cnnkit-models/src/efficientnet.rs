@@ -6,6 +6,7 @@ use crate::blocks::{
     bn_default, check_input, conv_norm_act, init_weights, make_divisible, Act, ConvInit, LinearInit, SqueezeExcitation, StochasticDepth,
 };
 use cnnkit_core::{Result, Tensor};
+use cnnkit_nn::graph::{GraphBuilder, GraphOp};
 use cnnkit_nn::{AdaptiveAvgPool2d, Dropout, Linear, Module, ModuleExt, Sequential};
 
 /// Mobile inverted bottleneck. Children: `block` (Sequential), `stochastic_depth`.
@@ -35,6 +36,14 @@ impl Module for MBConv {
         let y = self.block.call(x)?;
         if self.use_res_connect {
             self.stochastic_depth.call(&y)?.add(x)
+        } else {
+            Ok(y)
+        }
+    }
+    fn to_graph(&self, g: &mut GraphBuilder, x: &str) -> Result<String> {
+        let y = g.module("block", &self.block, x)?;
+        if self.use_res_connect {
+            g.node(GraphOp::Add, &[&y, x])
         } else {
             Ok(y)
         }
@@ -96,6 +105,12 @@ impl EfficientNet {
 impl Module for EfficientNet {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         self.classifier.call(&self.features(x)?)
+    }
+    fn to_graph(&self, g: &mut GraphBuilder, x: &str) -> Result<String> {
+        let h = g.module("features", &self.features, x)?;
+        let h = g.module("avgpool", &self.avgpool, &h)?;
+        let h = g.node(GraphOp::Flatten { axis: 1 }, &[&h])?;
+        g.module("classifier", &self.classifier, &h)
     }
     fn children(&self) -> Vec<(String, &dyn Module)> {
         vec![("features".into(), &self.features as &dyn Module), ("avgpool".into(), &self.avgpool), ("classifier".into(), &self.classifier)]

@@ -8,6 +8,7 @@ use crate::blocks::{
     bn_default, check_input, conv_norm_act, conv_norm_act_dilated, init_weights, make_divisible, Act, ConvInit, LinearInit,
 };
 use cnnkit_core::{Result, Tensor};
+use cnnkit_nn::graph::{GraphBuilder, GraphOp};
 use cnnkit_nn::{
     AdaptiveAvgPool2d, BatchNorm2d, BatchNormConfig, Conv2d, Conv2dConfig, Dropout, Hardswish, Linear, Module, ModuleExt, Sequential,
 };
@@ -39,6 +40,14 @@ impl Module for InvertedResidual {
         let y = self.conv.call(x)?;
         if self.use_res_connect {
             x.add(&y)
+        } else {
+            Ok(y)
+        }
+    }
+    fn to_graph(&self, g: &mut GraphBuilder, x: &str) -> Result<String> {
+        let y = g.module("conv", &self.conv, x)?;
+        if self.use_res_connect {
+            g.node(GraphOp::Add, &[x, &y])
         } else {
             Ok(y)
         }
@@ -135,6 +144,12 @@ impl Module for MobileNet {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         self.classifier.call(&self.features(x)?)
     }
+    fn to_graph(&self, g: &mut GraphBuilder, x: &str) -> Result<String> {
+        let h = g.module("features", &self.features, x)?;
+        let h = g.module("avgpool", &self.avgpool, &h)?;
+        let h = g.node(GraphOp::Flatten { axis: 1 }, &[&h])?;
+        g.module("classifier", &self.classifier, &h)
+    }
     fn children(&self) -> Vec<(String, &dyn Module)> {
         vec![("features".into(), &self.features as &dyn Module), ("avgpool".into(), &self.avgpool), ("classifier".into(), &self.classifier)]
     }
@@ -181,6 +196,14 @@ impl Module for V3Block {
         let y = self.block.call(x)?;
         if self.use_res_connect {
             y.add(x)
+        } else {
+            Ok(y)
+        }
+    }
+    fn to_graph(&self, g: &mut GraphBuilder, x: &str) -> Result<String> {
+        let y = g.module("block", &self.block, x)?;
+        if self.use_res_connect {
+            g.node(GraphOp::Add, &[&y, x])
         } else {
             Ok(y)
         }

@@ -5,6 +5,7 @@
 use crate::blocks::{check_input, init_weights, ConvInit, LinearInit};
 use cnnkit_core::Result;
 use cnnkit_core::Tensor;
+use cnnkit_nn::graph::{GraphBuilder, GraphOp};
 use cnnkit_nn::{AdaptiveAvgPool2d, BatchNorm2d, Conv2d, Conv2dConfig, Identity, Linear, MaxPool2d, Module, ModuleExt, Sequential};
 
 fn conv3x3(inp: usize, out: usize, stride: usize) -> Result<Conv2d> {
@@ -71,6 +72,16 @@ impl Bottleneck {
     }
 }
 
+/// The graph of `out + shortcut(x)` followed by ReLU.
+fn residual_graph(g: &mut GraphBuilder, ds: &Option<Sequential>, x: &str, out: &str) -> Result<String> {
+    let id = match ds {
+        Some(d) => g.module("downsample", d, x)?,
+        None => x.to_string(),
+    };
+    let sum = g.node(GraphOp::Add, &[out, &id])?;
+    g.node(GraphOp::Relu, &[&sum])
+}
+
 fn shortcut(ds: &Option<Sequential>, x: &Tensor) -> Result<Tensor> {
     match ds {
         Some(d) => d.call(x),
@@ -83,6 +94,14 @@ impl Module for BasicBlock {
         let out = self.bn1.call(&self.conv1.call(x)?)?.relu()?;
         let out = self.bn2.call(&self.conv2.call(&out)?)?;
         out.add(&shortcut(&self.downsample, x)?)?.relu()
+    }
+    fn to_graph(&self, g: &mut GraphBuilder, x: &str) -> Result<String> {
+        let h = g.module("conv1", &self.conv1, x)?;
+        let h = g.module("bn1", &self.bn1, &h)?;
+        let h = g.node(GraphOp::Relu, &[&h])?;
+        let h = g.module("conv2", &self.conv2, &h)?;
+        let h = g.module("bn2", &self.bn2, &h)?;
+        residual_graph(g, &self.downsample, x, &h)
     }
     fn children(&self) -> Vec<(String, &dyn Module)> {
         let mut c: Vec<(String, &dyn Module)> =
@@ -100,6 +119,17 @@ impl Module for Bottleneck {
         let out = self.bn2.call(&self.conv2.call(&out)?)?.relu()?;
         let out = self.bn3.call(&self.conv3.call(&out)?)?;
         out.add(&shortcut(&self.downsample, x)?)?.relu()
+    }
+    fn to_graph(&self, g: &mut GraphBuilder, x: &str) -> Result<String> {
+        let mut h = x.to_string();
+        for (i, (c, b)) in [(&self.conv1, &self.bn1), (&self.conv2, &self.bn2), (&self.conv3, &self.bn3)].into_iter().enumerate() {
+            h = g.module(&format!("conv{}", i + 1), c, &h)?;
+            h = g.module(&format!("bn{}", i + 1), b, &h)?;
+            if i < 2 {
+                h = g.node(GraphOp::Relu, &[&h])?;
+            }
+        }
+        residual_graph(g, &self.downsample, x, &h)
     }
     fn children(&self) -> Vec<(String, &dyn Module)> {
         let mut c: Vec<(String, &dyn Module)> = vec![
@@ -197,6 +227,18 @@ impl ResNet {
 impl Module for ResNet {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         self.fc.call(&self.features(x)?)
+    }
+    fn to_graph(&self, g: &mut GraphBuilder, x: &str) -> Result<String> {
+        let h = g.module("conv1", &self.conv1, x)?;
+        let h = g.module("bn1", &self.bn1, &h)?;
+        let mut h = g.node(GraphOp::Relu, &[&h])?;
+        h = g.module("maxpool", self.maxpool.as_ref(), &h)?;
+        for (n, l) in [("layer1", &self.layer1), ("layer2", &self.layer2), ("layer3", &self.layer3), ("layer4", &self.layer4)] {
+            h = g.module(n, l, &h)?;
+        }
+        let h = g.module("avgpool", &self.avgpool, &h)?;
+        let h = g.node(GraphOp::Flatten { axis: 1 }, &[&h])?;
+        g.module("fc", &self.fc, &h)
     }
     fn children(&self) -> Vec<(String, &dyn Module)> {
         vec![

@@ -2,6 +2,7 @@
 //! PyTorch script defining the same classes).
 
 use cnnkit_core::{Result, Tensor};
+use cnnkit_nn::graph::{GraphBuilder, GraphOp};
 use cnnkit_nn::{Conv2d, Conv2dConfig, Linear, MaxPool2d, Module, ModuleExt};
 
 /// The seed's §1.2 SimpleCNN: conv 1→32 3×3 pad 1, ReLU, maxpool 2, Linear to the classes.
@@ -28,6 +29,13 @@ impl Module for SimpleCnn {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let h = self.pool.call(&self.conv1.call(x)?.relu()?)?;
         self.fc.call(&h.flatten(1, -1)?)
+    }
+    fn to_graph(&self, g: &mut GraphBuilder, x: &str) -> Result<String> {
+        let h = g.module("conv1", &self.conv1, x)?;
+        let h = g.node(GraphOp::Relu, &[&h])?;
+        let h = g.module("pool", &self.pool, &h)?;
+        let h = g.node(GraphOp::Flatten { axis: 1 }, &[&h])?;
+        g.module("fc", &self.fc, &h)
     }
     fn children(&self) -> Vec<(String, &dyn Module)> {
         vec![("conv1".into(), &self.conv1), ("pool".into(), &self.pool), ("fc".into(), &self.fc)]
@@ -61,6 +69,16 @@ impl Module for CifarCnn {
         let h = self.pool.call(&self.conv1.call(x)?.relu()?)?;
         let h = self.pool.call(&self.conv2.call(&h)?.relu()?)?;
         self.fc.call(&h.flatten(1, -1)?)
+    }
+    fn to_graph(&self, g: &mut GraphBuilder, x: &str) -> Result<String> {
+        let mut h = x.to_string();
+        for (n, c) in [("conv1", &self.conv1), ("conv2", &self.conv2)] {
+            h = g.module(n, c, &h)?;
+            h = g.node(GraphOp::Relu, &[&h])?;
+            h = g.module("pool", &self.pool, &h)?;
+        }
+        let h = g.node(GraphOp::Flatten { axis: 1 }, &[&h])?;
+        g.module("fc", &self.fc, &h)
     }
     fn children(&self) -> Vec<(String, &dyn Module)> {
         vec![("conv1".into(), &self.conv1), ("pool".into(), &self.pool), ("conv2".into(), &self.conv2), ("fc".into(), &self.fc)]
@@ -105,6 +123,10 @@ impl LeNet5 {
 impl Module for LeNet5 {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         self.classifier.call(&self.features.call(x)?)
+    }
+    fn to_graph(&self, g: &mut GraphBuilder, x: &str) -> Result<String> {
+        let h = g.module("features", &self.features, x)?;
+        g.module("classifier", &self.classifier, &h)
     }
     fn children(&self) -> Vec<(String, &dyn Module)> {
         vec![("features".into(), &self.features), ("classifier".into(), &self.classifier)]

@@ -3,6 +3,7 @@
 
 use crate::blocks::check_input;
 use cnnkit_core::{Error, Result, Tensor};
+use cnnkit_nn::graph::{GraphBuilder, GraphOp};
 use cnnkit_nn::{BatchNorm2d, Conv2d, Conv2dConfig, Linear, MaxPool2d, Module, ModuleExt, ReLU, Sequential};
 
 fn conv(inp: usize, out: usize, k: usize, stride: usize, groups: usize) -> Result<Conv2d> {
@@ -68,6 +69,18 @@ impl Module for ShuffleBlock {
         };
         channel_shuffle(&out, 2)
     }
+    fn to_graph(&self, g: &mut GraphBuilder, x: &str) -> Result<String> {
+        let out = if self.stride == 1 {
+            let halves = g.node_n(GraphOp::Split { axis: 1, num_outputs: Some(2) }, &[x], 2)?;
+            let b2 = g.module("branch2", &self.branch2, &halves[1])?;
+            g.node(GraphOp::Concat { axis: 1 }, &[&halves[0], &b2])?
+        } else {
+            let b1 = g.module("branch1", &self.branch1, x)?;
+            let b2 = g.module("branch2", &self.branch2, x)?;
+            g.node(GraphOp::Concat { axis: 1 }, &[&b1, &b2])?
+        };
+        cnnkit_nn::ChannelShuffle::new(2).to_graph(g, &out)
+    }
     fn children(&self) -> Vec<(String, &dyn Module)> {
         vec![("branch1".into(), &self.branch1 as &dyn Module), ("branch2".into(), &self.branch2)]
     }
@@ -124,6 +137,16 @@ impl ShuffleNetV2 {
 impl Module for ShuffleNetV2 {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         self.fc.call(&self.features(x)?)
+    }
+    fn to_graph(&self, g: &mut GraphBuilder, x: &str) -> Result<String> {
+        let mut h = g.module("conv1", &self.conv1, x)?;
+        h = g.module("maxpool", &self.maxpool, &h)?;
+        for (n, l) in [("stage2", &self.stage2), ("stage3", &self.stage3), ("stage4", &self.stage4), ("conv5", &self.conv5)] {
+            h = g.module(n, l, &h)?;
+        }
+        let axes = g.const_i64(&[2, 3])?;
+        let h = g.node(GraphOp::ReduceMean { keepdims: false, noop_with_empty_axes: false }, &[&h, &axes])?;
+        g.module("fc", &self.fc, &h)
     }
     fn children(&self) -> Vec<(String, &dyn Module)> {
         vec![

@@ -4,6 +4,7 @@
 use crate::blocks::check_input;
 use cnnkit_core::random::with_default_generator;
 use cnnkit_core::{Result, Tensor};
+use cnnkit_nn::graph::{GraphBuilder, GraphOp};
 use cnnkit_nn::init::{self, FanMode, Nonlinearity};
 use cnnkit_nn::{AdaptiveAvgPool2d, Conv2d, Conv2dConfig, Dropout, MaxPool2d, Module, ModuleExt, ReLU, Sequential};
 
@@ -28,6 +29,15 @@ impl Module for Fire {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let s = self.squeeze.call(x)?.relu()?;
         Tensor::cat(&[self.expand1x1.call(&s)?.relu()?, self.expand3x3.call(&s)?.relu()?], 1)
+    }
+    fn to_graph(&self, g: &mut GraphBuilder, x: &str) -> Result<String> {
+        let s = g.module("squeeze", &self.squeeze, x)?;
+        let s = g.node(GraphOp::Relu, &[&s])?;
+        let e1 = g.module("expand1x1", &self.expand1x1, &s)?;
+        let e1 = g.node(GraphOp::Relu, &[&e1])?;
+        let e3 = g.module("expand3x3", &self.expand3x3, &s)?;
+        let e3 = g.node(GraphOp::Relu, &[&e3])?;
+        g.node(GraphOp::Concat { axis: 1 }, &[&e1, &e3])
     }
     fn children(&self) -> Vec<(String, &dyn Module)> {
         vec![("squeeze".into(), &self.squeeze as &dyn Module), ("expand1x1".into(), &self.expand1x1), ("expand3x3".into(), &self.expand3x3)]
@@ -84,6 +94,11 @@ impl Module for SqueezeNet {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         check_input("SqueezeNet", x, self.in_channels)?;
         self.classifier.call(&self.features.call(x)?)?.flatten(1, -1)
+    }
+    fn to_graph(&self, g: &mut GraphBuilder, x: &str) -> Result<String> {
+        let h = g.module("features", &self.features, x)?;
+        let h = g.module("classifier", &self.classifier, &h)?;
+        g.node(GraphOp::Flatten { axis: 1 }, &[&h])
     }
     fn children(&self) -> Vec<(String, &dyn Module)> {
         vec![("features".into(), &self.features as &dyn Module), ("classifier".into(), &self.classifier)]

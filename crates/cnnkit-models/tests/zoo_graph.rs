@@ -1,0 +1,45 @@
+//! Every zoo model described as a graph (`Module::to_graph`, what ONNX export and the
+//! inference planner consume) computes what its eval-mode forward computes.
+
+mod common;
+use cnnkit_nn::graph::module_to_graph;
+use cnnkit_nn::ModuleExt;
+use common::rel_err;
+
+fn check(name: &str) {
+    cnnkit_core::manual_seed(3);
+    let side = if name.starts_with("vgg") || name == "alexnet" {
+        224
+    } else if name.ends_with("cifar") {
+        32
+    } else {
+        64
+    };
+    let (c, classes) = if name == "simple-cnn" || name == "lenet5" { (1, 10) } else { (3, 10) };
+    let side = if name == "simple-cnn" || name == "lenet5" { 28 } else { side };
+    let model = cnnkit_models::build(name, c, side, side, classes).unwrap();
+    model.eval();
+    let x = cnnkit_core::Tensor::randn(&[2, c, side, side], cnnkit_core::DType::F32);
+    let want = cnnkit_core::with_no_grad(|| model.forward(&x)).unwrap();
+    let graph = module_to_graph(model.as_ref(), &[None, Some(c), Some(side), Some(side)]).unwrap();
+    // Every parameter and buffer the graph uses is an initializer under its state_dict key.
+    let sd = model.state_dict();
+    for k in graph.initializers.keys().filter(|k| k.contains('.') && !k.starts_with("const")) {
+        assert!(sd.contains_key(k), "{name}: initializer {k} is not a state_dict key");
+    }
+    let got = graph.run(&[("input", x)]).unwrap().remove(0);
+    let err = rel_err(&got, &want);
+    assert!(err <= 1e-5, "{name}: graph differs from forward by {err:.2e}");
+}
+
+macro_rules! graph_tests {
+    ($($t:ident => $n:expr),* $(,)?) => { $( #[test] fn $t() { check($n); } )* };
+}
+
+graph_tests!(
+    simple_cnn => "simple-cnn", cifar_cnn => "cifar-cnn", lenet5 => "lenet5", alexnet => "alexnet", vgg11_bn => "vgg11_bn",
+    resnet18 => "resnet18", resnet50 => "resnet50", resnet18_cifar => "resnet18_cifar", mobilenet_v2 => "mobilenet_v2",
+    mobilenet_v3_small => "mobilenet_v3_small", mobilenet_v3_large => "mobilenet_v3_large",
+    shufflenet_v2_x0_5 => "shufflenet_v2_x0_5", squeezenet1_1 => "squeezenet1_1", efficientnet_b0 => "efficientnet_b0",
+    densenet121 => "densenet121",
+);
