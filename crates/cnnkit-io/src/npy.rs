@@ -62,7 +62,10 @@ pub fn parse_npy(bytes: &[u8], name: &str) -> Result<Tensor> {
     if h.fortran_order {
         return Err(file_err(name, "array is in Fortran order; save a C-order copy with np.ascontiguousarray(x)"));
     }
-    let numel = h.shape.iter().try_fold(1usize, |n, &d| n.checked_mul(d)).ok_or_else(|| file_err(name, "shape overflows"))?;
+    if !crate::shape_fits(&h.shape) {
+        return Err(file_err(name, format!("shape {:?} is too large", h.shape)));
+    }
+    let numel: usize = h.shape.iter().product();
     let data = &bytes[start + header_len..];
     let want = numel.checked_mul(4).ok_or_else(|| file_err(name, "shape overflows"))?;
     if data.len() < want {

@@ -210,7 +210,10 @@ fn materialize(t: &TensorRef, storage: &[u8]) -> std::result::Result<Tensor, Str
             return Err(format!("tensor of {numel} elements views only {stored} stored elements"));
         }
     }
-    let shape: Vec<usize> = t.size.iter().map(|&d| d as usize).collect();
+    let shape: Vec<usize> = t.size.iter().map(|&d| usize::try_from(d).unwrap_or(usize::MAX)).collect();
+    if !crate::shape_fits(&shape) {
+        return Err(format!("tensor size {:?} is too large", t.size));
+    }
     let n = numel as usize;
     let mut out = Vec::with_capacity(n * el);
     let contiguous = {

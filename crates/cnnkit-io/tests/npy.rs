@@ -53,6 +53,11 @@ fn wrong_files_give_clear_errors() {
         let e = parse_npy(&with_header(bad, &[0; 8]), "t.npy").unwrap_err().to_string();
         assert!(e.contains("bad .npy header"), "{bad}: {e}");
     }
+    // Found by the fuzzer: no elements, but strides that overflow.
+    let e = parse_npy(&with_header("{'descr': '<f4', 'fortran_order': False, 'shape': (0, 3, 7777777777777777774), }", &[]), "t.npy")
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("too large"), "{e}");
     let e = parse_npy(&with_header("{'descr': [('a', '<f4')], 'fortran_order': False, 'shape': (1,), }", &[0; 4]), "t.npy")
         .unwrap_err()
         .to_string();

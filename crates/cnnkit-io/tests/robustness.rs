@@ -174,4 +174,20 @@ fn hand_made_pickles() {
     f.extend_from_slice(&[0; 8]);
     let e = read_pth(&f, "h.pth").unwrap_err().to_string();
     assert!(e.contains("reads past its storage of 2 elements"), "{e}");
+    // An empty tensor whose other dimensions overflow usize (found by the fuzzer in .npy).
+    let big = b"\x8a\x08\x00\x00\x00\x00\x00\x00\x00\x40";
+    let size = [&b"K\x00"[..], big, big, b"\x87"].concat();
+    let mut t = b"\x80\x02ctorch._utils\n_rebuild_tensor_v2\n(".to_vec();
+    t.extend_from_slice(pid);
+    t.extend_from_slice(b"K\x00");
+    t.extend_from_slice(&size);
+    t.extend_from_slice(b"K\x01K\x01K\x01\x87\x89}tR.");
+    let mut f = legacy(&t);
+    let n = f.len();
+    f.truncate(n - 6);
+    f.extend_from_slice(b"\x80\x02]X\x01\x00\x00\x000a.");
+    f.extend_from_slice(&2u64.to_le_bytes());
+    f.extend_from_slice(&[0; 8]);
+    let e = read_pth(&f, "h.pth").unwrap_err().to_string();
+    assert!(e.contains("is too large"), "{e}");
 }
