@@ -14,6 +14,22 @@ pub enum BenchCmd {
     TrainStep(TrainStepBench),
     /// The data pipeline alone: batches per second of `cnnkit train`'s loader.
     Loader(LoaderBench),
+    /// Inference latency of a zoo model or an ONNX file (eval mode, no grad).
+    Infer(InferBench),
+}
+
+#[derive(Args)]
+pub struct InferBench {
+    /// An ONNX model instead of a zoo architecture.
+    #[arg(long, conflicts_with_all = ["model", "checkpoint"])]
+    onnx: Option<std::path::PathBuf>,
+    /// Zoo model (torchvision's initialisation unless --weights is given), --weights, --checkpoint.
+    #[command(flatten)]
+    source: crate::deploy::ModelSource,
+    #[arg(long, default_value = "1x3x224x224")]
+    input_shape: String,
+    #[command(flatten)]
+    common: Common,
 }
 
 #[derive(Args)]
@@ -87,6 +103,7 @@ pub fn run(cmd: BenchCmd) -> Result<()> {
     match cmd {
         BenchCmd::Conv2d(b) => conv2d(b),
         BenchCmd::TrainStep(b) => train_step(b),
+        BenchCmd::Infer(b) => infer(b),
         BenchCmd::Loader(b) => loader(b),
     }
 }
@@ -246,6 +263,22 @@ fn loader(b: LoaderBench) -> Result<()> {
         println!(
             "{}",
             json!({"bench": "loader", "dataset": b.dataset, "batch_size": b.batch_size, "workers": b.workers, "augment": b.augment, "threads": threads, "median_ms": med, "images_per_second": ips})
+        );
+    }
+    Ok(())
+}
+
+fn infer(b: InferBench) -> Result<()> {
+    let threads = setup_threads(&b.common)?;
+    cnnkit::core::manual_seed(0);
+    let shape = crate::deploy::parse_shape(&b.input_shape)?;
+    let (med, label) = crate::deploy::bench_infer(b.onnx.as_deref(), &b.source, &shape, b.common.iters.max(1))?;
+    let ips = shape[0] as f64 / (med / 1e3);
+    eprintln!("infer {label} {}: median {med:.2} ms, {ips:.1} images/s ({threads} threads)", b.input_shape);
+    if b.common.json {
+        println!(
+            "{}",
+            json!({"bench": "infer", "model": label, "input_shape": shape, "threads": threads, "iters": b.common.iters, "median_ms": med, "images_per_second": ips})
         );
     }
     Ok(())

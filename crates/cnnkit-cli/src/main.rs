@@ -3,6 +3,7 @@
 //! Every error is one line on stderr and exit code 2.
 
 mod bench;
+mod deploy;
 mod train;
 
 use clap::{Parser, Subcommand};
@@ -23,6 +24,10 @@ enum Command {
     Finetune(Box<train::FinetuneArgs>),
     /// Convert PyTorch weights (.pth/.pt, zip or legacy) to safetensors, without Python.
     Convert { input: std::path::PathBuf, output: std::path::PathBuf },
+    /// Run a model on a .npy batch and write the output as .npy (the whole batch in one call).
+    Infer(Box<deploy::InferArgs>),
+    /// Export a zoo model or checkpoint to ONNX (opset 17, dynamic batch).
+    Export(Box<deploy::ExportArgs>),
     /// List the model names `--model` accepts.
     Models,
     /// Evaluate a checkpoint on a test set.
@@ -85,6 +90,8 @@ fn main() {
         }
         Command::Train(a) => train::train(*a),
         Command::Finetune(a) => train::finetune(*a),
+        Command::Infer(a) => deploy::infer(*a),
+        Command::Export(a) => deploy::export(*a),
         Command::Convert { input, output } => cnnkit::io::convert_to_safetensors(&input, &output).map(|n| {
             eprintln!("wrote {n} tensors to {}", output.display());
         }),

@@ -80,7 +80,7 @@ pub struct TrainArgs {
     json: bool,
 }
 
-fn threads(n: Option<usize>) -> Result<()> {
+pub(crate) fn threads(n: Option<usize>) -> Result<()> {
     match n {
         Some(0) => Err(Error::invalid("--threads", "must be at least 1")),
         Some(n) => set_num_threads(n),
@@ -292,7 +292,7 @@ pub struct EvalArgs {
 }
 
 /// Rebuilds the model a checkpoint describes and loads its weights. Returns (model, config).
-fn restore(path: &std::path::Path) -> Result<(Box<dyn Module>, serde_json::Value)> {
+pub(crate) fn restore(path: &std::path::Path) -> Result<(Box<dyn Module>, serde_json::Value)> {
     let ck = Checkpoint::load(path)?;
     let c = &ck.config;
     let get = |k: &str| {
