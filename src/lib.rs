@@ -14,6 +14,7 @@ pub use cnnkit_core as core;
 pub use cnnkit_io as io;
 pub use cnnkit_kernels as kernels;
 pub use cnnkit_nn as nn;
+pub use cnnkit_onnx as onnx;
 pub use cnnkit_optim as optim;
 pub use cnnkit_train as train;
 
