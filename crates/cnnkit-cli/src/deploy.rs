@@ -60,8 +60,12 @@ pub fn load(onnx: Option<&Path>, src: &ModelSource, input_chw: [usize; 3]) -> Re
         let (m, _) = crate::train::restore(ck)?;
         return Ok(Loaded::Module(m));
     }
-    let name = src.model.as_deref().ok_or_else(|| Error::invalid("model", "give --onnx M.onnx, --model NAME --weights W, or --checkpoint CKPT"))?;
-    let weights = src.weights.as_ref().ok_or_else(|| Error::invalid("--weights", format!("--model {name} needs --weights W.pth|W.safetensors")))?;
+    let name = src
+        .model
+        .as_deref()
+        .ok_or_else(|| Error::invalid("model", "give --onnx M.onnx, --model NAME --weights W, or --checkpoint CKPT"))?;
+    let weights =
+        src.weights.as_ref().ok_or_else(|| Error::invalid("--weights", format!("--model {name} needs --weights W.pth|W.safetensors")))?;
     let sd = cnnkit::io::load_state_dict_file(weights)?;
     let head = format!("{}.weight", cnnkit::models::head_name(name)?);
     let classes = match (src.num_classes, sd.get(&head)) {

@@ -129,3 +129,181 @@ fn convert_pth_to_safetensors() {
     assert!(err.contains("forbidden") && err.trim().lines().count() == 1, "{err}");
     assert!(!dir.join("m.safetensors").exists());
 }
+
+/// Saves a zoo model's random-initialised weights; returns (model, weights path).
+fn zoo_weights(dir: &std::path::Path, name: &str, classes: usize) -> (Box<dyn cnnkit::nn::Module>, PathBuf) {
+    cnnkit::core::manual_seed(5);
+    let m = cnnkit::models::build(name, 3, 64, 64, classes).unwrap();
+    m.eval();
+    let p = dir.join(format!("{name}.safetensors"));
+    cnnkit::nn::serialize::save_safetensors(&p, &m.state_dict(), &Default::default()).unwrap();
+    (m, p)
+}
+
+fn max_rel(a: &cnnkit::core::Tensor, b: &cnnkit::core::Tensor) -> f64 {
+    assert_eq!(a.shape(), b.shape());
+    let (a, b) = (a.to_f64_vec().unwrap(), b.to_f64_vec().unwrap());
+    let scale = b.iter().fold(1e-12f64, |m, v| m.max(v.abs()));
+    a.iter().zip(&b).map(|(x, y)| (x - y).abs()).fold(0.0, f64::max) / scale
+}
+
+#[test]
+fn infer_and_export_round_trip_through_onnx_and_onnx_runtime() {
+    let dir = tmpdir("export");
+    let ort = std::env::var("CNNKIT_ORT_PYTHON").ok();
+    if ort.is_none() {
+        println!("ONNX Runtime part skipped: set CNNKIT_ORT_PYTHON (.ci/run does)");
+    }
+    let x = cnnkit::core::Tensor::randn(&[2, 3, 64, 64], cnnkit::core::DType::F32);
+    let xin = dir.join("x.npy");
+    cnnkit::io::write_npy(&xin, &x).unwrap();
+    for name in ["resnet18", "mobilenet_v2", "shufflenet_v2_x1_0"] {
+        let (m, w) = zoo_weights(&dir, name, 7);
+        let want = cnnkit::core::with_no_grad(|| m.forward(&x)).unwrap();
+        // infer --model --weights (the head size is read from the weights).
+        let y1 = dir.join(format!("{name}-y1.npy"));
+        let (code, out, err) = cnnkit(&[
+            "infer",
+            "--model",
+            name,
+            "--weights",
+            w.to_str().unwrap(),
+            "--input",
+            xin.to_str().unwrap(),
+            "--output",
+            y1.to_str().unwrap(),
+            "--json",
+        ]);
+        assert_eq!(code, 0, "{err}");
+        assert_eq!(last_json(&out)["output_shape"], serde_json::json!([2, 7]));
+        assert!(max_rel(&cnnkit::io::read_npy(&y1).unwrap(), &want) < 1e-6);
+        // export → infer --onnx.
+        let onnx = dir.join(format!("{name}.onnx"));
+        let (code, _, err) = cnnkit(&[
+            "export",
+            "--model",
+            name,
+            "--weights",
+            w.to_str().unwrap(),
+            "--onnx",
+            onnx.to_str().unwrap(),
+            "--input-shape",
+            "1x3x64x64",
+        ]);
+        assert_eq!(code, 0, "{err}");
+        let y2 = dir.join(format!("{name}-y2.npy"));
+        let (code, _, err) =
+            cnnkit(&["infer", "--onnx", onnx.to_str().unwrap(), "--input", xin.to_str().unwrap(), "--output", y2.to_str().unwrap()]);
+        assert_eq!(code, 0, "{err}");
+        assert!(max_rel(&cnnkit::io::read_npy(&y2).unwrap(), &want) < 1e-5, "{name}: onnx re-import");
+        // ONNX Runtime runs the export with the same outputs.
+        if let Some(py) = &ort {
+            let y3 = dir.join(format!("{name}-ort.npy"));
+            let script = format!("{}/../../tools/ort_run.py", env!("CARGO_MANIFEST_DIR"));
+            let st =
+                Command::new(py).args([&script, onnx.to_str().unwrap(), xin.to_str().unwrap(), y3.to_str().unwrap()]).status().unwrap();
+            assert!(st.success(), "onnxruntime failed on {name}");
+            let err = max_rel(&cnnkit::io::read_npy(&y3).unwrap(), &want);
+            assert!(err < 1e-4, "{name}: ONNX Runtime differs by {err:.2e}");
+        }
+    }
+    // bench infer prints median_ms on its last line, for a zoo model and for an ONNX file.
+    let (code, out, err) = cnnkit(&["bench", "infer", "--model", "mobilenet_v2", "--input-shape", "1x3x64x64", "--iters", "2", "--json"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(last_json(&out)["median_ms"].as_f64().unwrap() > 0.0);
+    let onnx = dir.join("resnet18.onnx");
+    let (code, out, err) =
+        cnnkit(&["bench", "infer", "--onnx", onnx.to_str().unwrap(), "--input-shape", "2x3x64x64", "--iters", "2", "--json"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(last_json(&out)["median_ms"].as_f64().unwrap() > 0.0);
+}
+
+#[test]
+fn export_a_checkpoint_and_a_sequential_cnn() {
+    let dir = tmpdir("export-ck");
+    let out = dir.join("run");
+    let (code, _, err) = cnnkit(&[
+        "train",
+        "--model",
+        "lenet5",
+        "--dataset",
+        "digits",
+        "--epochs",
+        "1",
+        "--train-size",
+        "300",
+        "--test-size",
+        "50",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let onnx = dir.join("lenet5.onnx");
+    let ck = out.join("last.safetensors");
+    let (code, stdout, err) = cnnkit(&["export", "--checkpoint", ck.to_str().unwrap(), "--onnx", onnx.to_str().unwrap(), "--json"]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(last_json(&stdout)["input_shape"], serde_json::json!([1, 1, 28, 28]));
+    let x = cnnkit::core::Tensor::randn(&[3, 1, 28, 28], cnnkit::core::DType::F32);
+    let xin = dir.join("x.npy");
+    cnnkit::io::write_npy(&xin, &x).unwrap();
+    let (ya, yb) = (dir.join("a.npy"), dir.join("b.npy"));
+    for (args, y) in [(vec!["--checkpoint", ck.to_str().unwrap()], &ya), (vec!["--onnx", onnx.to_str().unwrap()], &yb)] {
+        let mut a = vec!["infer", "--input", xin.to_str().unwrap(), "--output", y.to_str().unwrap()];
+        a.extend(args);
+        let (code, _, err) = cnnkit(&a);
+        assert_eq!(code, 0, "{err}");
+    }
+    let (a, b) = (cnnkit::io::read_npy(&ya).unwrap(), cnnkit::io::read_npy(&yb).unwrap());
+    assert_eq!(a.shape(), &[3, 10]);
+    assert!(max_rel(&a, &b) < 1e-5);
+    if let Ok(py) = std::env::var("CNNKIT_ORT_PYTHON") {
+        let y3 = dir.join("ort.npy");
+        let script = format!("{}/../../tools/ort_run.py", env!("CARGO_MANIFEST_DIR"));
+        assert!(Command::new(py)
+            .args([&script, onnx.to_str().unwrap(), xin.to_str().unwrap(), y3.to_str().unwrap()])
+            .status()
+            .unwrap()
+            .success());
+        assert!(max_rel(&cnnkit::io::read_npy(&y3).unwrap(), &a) < 1e-4);
+    }
+}
+
+#[test]
+fn infer_rejects_bad_inputs_with_one_line() {
+    let dir = tmpdir("infer-bad");
+    let (_, w) = zoo_weights(&dir, "resnet18", 4);
+    let f64_npy = fixture("pth/f64.npy");
+    let good = dir.join("x.npy");
+    cnnkit::io::write_npy(&good, &cnnkit::core::Tensor::randn(&[1, 3, 32, 32], cnnkit::core::DType::F32)).unwrap();
+    let flat = dir.join("flat.npy");
+    cnnkit::io::write_npy(&flat, &cnnkit::core::Tensor::randn(&[4, 5], cnnkit::core::DType::F32)).unwrap();
+    let trunc = dir.join("trunc.onnx");
+    std::fs::write(&trunc, b"\x08\x08\x12\x05hello\x3a\xff\xff").unwrap();
+    let ws = w.to_str().unwrap();
+    let y = dir.join("y.npy");
+    let ys = y.to_str().unwrap();
+    for (args, needle) in [
+        (vec!["--model", "resnet18", "--weights", ws, "--input", f64_npy.as_str()], "<f4"),
+        (vec!["--model", "resnet18", "--weights", ws, "--input", flat.to_str().unwrap()], "(N, C, H, W)"),
+        (vec!["--model", "resnet34", "--weights", ws, "--input", good.to_str().unwrap()], "Missing key(s)"),
+        (vec!["--model", "resnet18", "--weights", ws, "--num-classes", "9", "--input", good.to_str().unwrap()], "size mismatch"),
+        (vec!["--onnx", trunc.to_str().unwrap(), "--input", good.to_str().unwrap()], "trunc.onnx"),
+        (vec!["--model", "resnet18", "--weights", "/nope.pth", "--input", good.to_str().unwrap()], "/nope.pth"),
+    ] {
+        let mut a = vec!["infer", "--output", ys];
+        a.extend(args);
+        let (code, _, err) = cnnkit(&a);
+        assert_eq!(code, 2, "{a:?}: {err}");
+        assert_eq!(err.trim().lines().count(), 1, "{err}");
+        assert!(err.contains(needle), "{needle}: {err}");
+        assert!(!y.exists(), "no partial output");
+    }
+    // The ONNX model's declared input size is checked before running.
+    let onnx = dir.join("r.onnx");
+    let (code, _, err) =
+        cnnkit(&["export", "--model", "resnet18", "--weights", ws, "--onnx", onnx.to_str().unwrap(), "--input-shape", "1x3x64x64"]);
+    assert_eq!(code, 0, "{err}");
+    let (code, _, err) = cnnkit(&["infer", "--onnx", onnx.to_str().unwrap(), "--input", good.to_str().unwrap(), "--output", ys]);
+    assert_eq!(code, 2);
+    assert!(err.contains("expects"), "{err}");
+}
