@@ -16,6 +16,10 @@ pub enum BenchCmd {
     Loader(LoaderBench),
     /// Inference latency of a zoo model or an ONNX file (eval mode, no grad).
     Infer(InferBench),
+    /// One training epoch (default: the seed's SimpleCNN on 60,000 MNIST-shaped images, Adam).
+    Epoch(EpochBench),
+    /// Every workload of the performance table, each in its own process (for peak memory).
+    Suite(crate::suite::SuiteArgs),
 }
 
 #[derive(Args)]
@@ -90,13 +94,43 @@ pub struct ConvBench {
 
 #[derive(Args)]
 pub struct TrainStepBench {
-    /// Model: cifar-cnn (the seed's CIFAR SimpleCNN) or simple-cnn (the seed's MNIST one).
+    /// Model: cifar-cnn (the seed's CIFAR SimpleCNN), simple-cnn (its MNIST one), or any zoo
+    /// name (resnet18_cifar, mobilenet_v2, …; `cnnkit models`).
     #[arg(long, default_value = "cifar-cnn")]
     model: String,
     #[arg(long, default_value_t = 64)]
     batch_size: usize,
+    /// Input height and width (default: 28 for simple-cnn/lenet5, 32 for cifar-cnn and the
+    /// *_cifar ResNets, 224 otherwise).
+    #[arg(long)]
+    input_size: Option<usize>,
     #[command(flatten)]
     common: Common,
+}
+
+/// One training epoch of a model on built-in data (the MNIST-shaped `digits` by default).
+#[derive(Args)]
+pub struct EpochBench {
+    #[arg(long, default_value = "simple-cnn")]
+    model: String,
+    #[arg(long, default_value = "digits")]
+    dataset: String,
+    #[arg(long, default_value_t = 60000)]
+    train_size: usize,
+    #[arg(long, default_value_t = 64)]
+    batch_size: usize,
+    #[arg(long, default_value_t = 1e-3)]
+    lr: f64,
+    #[command(flatten)]
+    common: Common,
+}
+
+/// Peak resident memory of this process so far (Linux VmHWM), in MiB.
+pub fn peak_rss_mb() -> Option<f64> {
+    let s = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = s.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb / 1024.0)
 }
 
 pub fn run(cmd: BenchCmd) -> Result<()> {
@@ -104,6 +138,8 @@ pub fn run(cmd: BenchCmd) -> Result<()> {
         BenchCmd::Conv2d(b) => conv2d(b),
         BenchCmd::TrainStep(b) => train_step(b),
         BenchCmd::Infer(b) => infer(b),
+        BenchCmd::Epoch(b) => epoch(b),
+        BenchCmd::Suite(a) => crate::suite::run(a),
         BenchCmd::Loader(b) => loader(b),
     }
 }
@@ -201,11 +237,15 @@ fn train_step(b: TrainStepBench) -> Result<()> {
     use cnnkit::nn::{Module, ModuleExt};
     let threads = setup_threads(&b.common)?;
     cnnkit::core::manual_seed(0);
-    let (model, shape): (Box<dyn Module>, [usize; 3]) = match b.model.as_str() {
-        "cifar-cnn" => (Box::new(cnnkit::models::CifarCnn::new(3, 32, 32, 10)?), [3, 32, 32]),
-        "simple-cnn" => (Box::new(cnnkit::models::SimpleCnn::new(1, 28, 28, 10)?), [1, 28, 28]),
-        other => return Err(cnnkit::core::Error::invalid("bench train-step", format!("unknown model '{other}' (cifar-cnn, simple-cnn)"))),
+    let name = cnnkit::models::canonical_name(&b.model)?;
+    let (c, default_side) = match name.as_str() {
+        "simple-cnn" | "lenet5" => (1, 28),
+        n if n == "cifar-cnn" || n.ends_with("_cifar") => (3, 32),
+        _ => (3, 224),
     };
+    let side = b.input_size.unwrap_or(default_side);
+    let model = cnnkit::models::build(&name, c, side, side, 10)?;
+    let shape = [c, side, side];
     let mut g = Generator::new(1);
     let x = Tensor::randn_with(&[b.batch_size, shape[0], shape[1], shape[2]], DType::F32, &mut g);
     let y = Tensor::from_vec((0..b.batch_size as i64).map(|i| i % 10).collect::<Vec<_>>(), &[b.batch_size])?;
@@ -229,7 +269,7 @@ fn train_step(b: TrainStepBench) -> Result<()> {
     if b.common.json {
         println!(
             "{}",
-            json!({"bench": "train-step", "model": b.model, "batch_size": b.batch_size, "threads": threads, "iters": b.common.iters, "median_ms": med, "images_per_second": b.batch_size as f64 / (med / 1e3)})
+            json!({"bench": "train-step", "model": b.model, "batch_size": b.batch_size, "input_size": side, "threads": threads, "iters": b.common.iters, "median_ms": med, "images_per_second": b.batch_size as f64 / (med / 1e3), "peak_rss_mb": peak_rss_mb()})
         );
     }
     Ok(())
@@ -278,7 +318,45 @@ fn infer(b: InferBench) -> Result<()> {
     if b.common.json {
         println!(
             "{}",
-            json!({"bench": "infer", "model": label, "input_shape": shape, "threads": threads, "iters": b.common.iters, "median_ms": med, "images_per_second": ips})
+            json!({"bench": "infer", "model": label, "input_shape": shape, "threads": threads, "iters": b.common.iters, "median_ms": med, "images_per_second": ips, "peak_rss_mb": peak_rss_mb()})
+        );
+    }
+    Ok(())
+}
+
+fn epoch(b: EpochBench) -> Result<()> {
+    use cnnkit::nn::loss::{cross_entropy, CrossEntropyOptions};
+    use cnnkit::nn::ModuleExt;
+    use cnnkit::optim::Optimizer;
+    use cnnkit::data::Dataset;
+    use cnnkit::train::BatchSource;
+    let threads = setup_threads(&b.common)?;
+    let (train, _) = cnnkit::data::load(&b.dataset, None, 0, b.train_size, 1)?;
+    let [c, h, w] = train.chw();
+    cnnkit::core::manual_seed(0);
+    let model = cnnkit::models::build(&b.model, c, h, w, train.classes.len())?;
+    let mut opt = cnnkit::optim::Adam::new(model.parameters(), cnnkit::optim::AdamConfig { lr: b.lr, ..Default::default() })?;
+    let src =
+        cnnkit::data::Batches { set: &train, batch_size: b.batch_size.max(1), shuffle: true, augment: false, seed: 0, workers: 1, drop_last: false };
+    let opts = CrossEntropyOptions::default();
+    let mut e = 0;
+    model.train(true);
+    let (med, _) = median_ms(0, b.common.iters.clamp(1, 3), || {
+        e += 1;
+        for batch in src.batches(e) {
+            let (x, y) = batch?;
+            opt.zero_grad();
+            cross_entropy(&model.forward(&x)?, &y, &opts)?.backward()?;
+            opt.step()?;
+        }
+        Ok(())
+    })?;
+    let ips = train.len() as f64 / (med / 1e3);
+    eprintln!("epoch {} on {} ({} images, batch {}): {:.2} s, {ips:.0} images/s", b.model, b.dataset, train.len(), b.batch_size, med / 1e3);
+    if b.common.json {
+        println!(
+            "{}",
+            json!({"bench": "epoch", "model": b.model, "dataset": b.dataset, "images": train.len(), "batch_size": b.batch_size, "threads": threads, "seconds": med / 1e3, "median_ms": med, "images_per_second": ips})
         );
     }
     Ok(())

@@ -4,6 +4,7 @@
 
 mod bench;
 mod deploy;
+mod suite;
 mod train;
 
 use clap::{Parser, Subcommand};
