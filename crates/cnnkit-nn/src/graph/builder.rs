@@ -86,7 +86,8 @@ impl GraphBuilder {
     }
 
     /// Appends a node with n outputs (Split).
-    pub fn node_n(&mut self, op: GraphOp, inputs: &[&str], n: usize) -> Result<Vec<String>> {
+    pub fn node_n(&mut self, mut op: GraphOp, inputs: &[&str], n: usize) -> Result<Vec<String>> {
+        op.round_float_attributes();
         let path: String = self.prefix.iter().map(|p| format!("/{p}")).collect();
         let name = self.unique(&format!("{path}/{}", op.name()));
         let outputs: Vec<String> = (0..n).map(|i| self.unique(&format!("{name}_output_{i}"))).collect();

@@ -322,6 +322,32 @@ impl GraphOp {
     }
 }
 
+impl GraphOp {
+    /// Rounds float attributes to f32, the precision ONNX stores them in, so that a graph
+    /// written to ONNX and read back is identical. (The builder applies it to every node.)
+    pub fn round_float_attributes(&mut self) {
+        use GraphOp::*;
+        let r = |v: &mut f64| *v = *v as f32 as f64;
+        match self {
+            BatchNormalization { epsilon } => r(epsilon),
+            Gemm { alpha, beta, .. } => {
+                r(alpha);
+                r(beta)
+            }
+            LeakyRelu { alpha } | Elu { alpha } => r(alpha),
+            HardSigmoid { alpha, beta } => {
+                r(alpha);
+                r(beta)
+            }
+            Selu { alpha, gamma } => {
+                r(alpha);
+                r(gamma)
+            }
+            _ => {}
+        }
+    }
+}
+
 /// An error about the graph as a whole (not one node).
 pub(crate) fn graph_err(msg: impl Into<String>) -> Error {
     Error::invalid("graph", msg)

@@ -97,6 +97,22 @@ fn const_ints(ins: &[Option<&Sym>], i: usize) -> R<Option<Vec<i64>>> {
 
 /// Infers one node's outputs from what is known about its inputs.
 pub(crate) fn infer_node(op: &GraphOp, ins: &[Option<&Sym>], n_out: usize) -> R<Vec<Sym>> {
+    let mut outs = infer_node_inner(op, ins, n_out)?;
+    // A shape vector whose entries are all known is a constant, so later ops can be folded.
+    for s in &mut outs {
+        if s.value.is_none() {
+            if let Some(v) = s.dims.as_ref().and_then(|d| d.iter().copied().collect::<Option<Vec<i64>>>()) {
+                let shape = if s.shape.is_empty() { vec![] } else { vec![v.len()] };
+                if shape.iter().product::<usize>() == v.len() {
+                    s.value = Some(Tensor::from_vec(v, &shape)?);
+                }
+            }
+        }
+    }
+    Ok(outs)
+}
+
+fn infer_node_inner(op: &GraphOp, ins: &[Option<&Sym>], n_out: usize) -> R<Vec<Sym>> {
     use GraphOp::*;
     let present: Vec<&Sym> = ins.iter().flatten().copied().collect();
     if !present.is_empty() && present.iter().all(|s| s.value.as_ref().is_some_and(|v| v.numel() <= FOLD_LIMIT)) {
@@ -391,18 +407,18 @@ pub(crate) fn infer_node(op: &GraphOp, ins: &[Option<&Sym>], n_out: usize) -> R<
 }
 
 impl Graph {
-    /// The shape of every value (inputs, initializers, node outputs) for concrete input shapes,
-    /// without running the convolutions.
-    pub fn infer_shapes(&self, input_shapes: &[(&str, Vec<usize>)]) -> Result<BTreeMap<String, Vec<usize>>> {
-        let mut syms: HashMap<&str, Sym> = HashMap::new();
-        for vi in &self.inputs {
-            let s = input_shapes
-                .iter()
-                .find(|(n, _)| *n == vi.name)
-                .ok_or_else(|| super::graph_err(format!("missing shape for graph input '{}'", vi.name)))?;
-            syms.insert(vi.name.as_str(), Sym::of_shape(s.1.iter().map(|&d| Some(d)).collect()));
+    /// What static inference knows from the declared input shapes alone (None = dynamic dim),
+    /// for every value: exporters use it to write output shapes.
+    pub fn infer_partial_shapes(&self) -> Result<BTreeMap<String, Vec<Option<usize>>>> {
+        let syms = self.propagate(self.inputs.iter().map(|v| (v.name.as_str(), v.shape.clone())).collect())?;
+        Ok(syms.into_iter().map(|(k, s)| (k.to_string(), s.shape)).collect())
+    }
+
+    fn propagate<'a>(&'a self, inputs: Vec<(&'a str, Vec<Option<usize>>)>) -> Result<HashMap<&'a str, Sym>> {
+        let mut syms: HashMap<&str, Sym> = inputs.into_iter().map(|(n, s)| (n, Sym::of_shape(s))).collect();
+        for (k, t) in &self.initializers {
+            syms.insert(k.as_str(), Sym::constant(t));
         }
-        let consts: HashMap<&str, Sym> = self.initializers.iter().map(|(k, t)| (k.as_str(), Sym::constant(t))).collect();
         for node in &self.nodes {
             let mut ins = Vec::with_capacity(node.inputs.len());
             for v in &node.inputs {
@@ -410,16 +426,31 @@ impl Graph {
                     ins.push(None);
                     continue;
                 }
-                let s = syms.get(v.as_str()).or_else(|| consts.get(v.as_str()));
-                ins.push(Some(s.ok_or_else(|| node_error(node, E(format!("input '{v}' is not defined before this node"))))?));
+                let s = syms.get(v.as_str()).ok_or_else(|| node_error(node, E(format!("input '{v}' is not defined before this node"))))?;
+                ins.push(Some(s));
             }
             let outs = infer_node(&node.op, &ins, node.outputs.len()).map_err(|e| node_error(node, e))?;
             for (name, s) in node.outputs.iter().zip(outs) {
                 syms.insert(name.as_str(), s);
             }
         }
+        Ok(syms)
+    }
+
+    /// The shape of every value (inputs, initializers, node outputs) for concrete input shapes,
+    /// without running the convolutions.
+    pub fn infer_shapes(&self, input_shapes: &[(&str, Vec<usize>)]) -> Result<BTreeMap<String, Vec<usize>>> {
+        let mut given = Vec::with_capacity(self.inputs.len());
+        for vi in &self.inputs {
+            let s = input_shapes
+                .iter()
+                .find(|(n, _)| *n == vi.name)
+                .ok_or_else(|| super::graph_err(format!("missing shape for graph input '{}'", vi.name)))?;
+            given.push((vi.name.as_str(), s.1.iter().map(|&d| Some(d)).collect()));
+        }
+        let syms = self.propagate(given)?;
         let mut out = BTreeMap::new();
-        for (k, s) in syms.iter().chain(consts.iter()) {
+        for (k, s) in &syms {
             let shape =
                 known(&s.shape).ok_or_else(|| super::graph_err(format!("the shape of '{k}' could not be inferred ({:?})", s.shape)))?;
             out.insert(k.to_string(), shape);
