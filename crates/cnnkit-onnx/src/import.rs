@@ -45,10 +45,13 @@ struct Importer {
 
 type R<T> = std::result::Result<T, String>;
 
+/// Kernel sizes, strides, pads and dilations beyond this are rejected as malformed.
+const MAX_SPATIAL: i64 = 1 << 20;
+
 fn pair(v: Option<Vec<i64>>, default: usize, what: &str) -> R<[usize; 2]> {
     match v {
         None => Ok([default; 2]),
-        Some(v) if v.len() == 2 && v.iter().all(|&x| x >= 0) => Ok([v[0] as usize, v[1] as usize]),
+        Some(v) if v.len() == 2 && v.iter().all(|&x| (0..=MAX_SPATIAL).contains(&x)) => Ok([v[0] as usize, v[1] as usize]),
         Some(v) => Err(format!("{what} {v:?}: only 2-D spatial ops are supported")),
     }
 }
@@ -56,7 +59,9 @@ fn pair(v: Option<Vec<i64>>, default: usize, what: &str) -> R<[usize; 2]> {
 fn quad(v: Option<Vec<i64>>) -> R<[usize; 4]> {
     match v {
         None => Ok([0; 4]),
-        Some(v) if v.len() == 4 && v.iter().all(|&x| x >= 0) => Ok([v[0] as usize, v[1] as usize, v[2] as usize, v[3] as usize]),
+        Some(v) if v.len() == 4 && v.iter().all(|&x| (0..=MAX_SPATIAL).contains(&x)) => {
+            Ok([v[0] as usize, v[1] as usize, v[2] as usize, v[3] as usize])
+        }
         Some(v) => Err(format!("pads {v:?}: only 2-D spatial ops are supported")),
     }
 }
@@ -138,7 +143,7 @@ impl Importer {
                     strides: pair(a.ints("strides"), 1, "strides")?,
                     pads: quad(a.ints("pads"))?,
                     dilations: pair(a.ints("dilations"), 1, "dilations")?,
-                    group: a.i("group", 1).max(1) as usize,
+                    group: a.i("group", 1).clamp(1, MAX_SPATIAL) as usize,
                 }
             }
             "ConvTranspose" => {
@@ -151,7 +156,7 @@ impl Importer {
                     strides: pair(a.ints("strides"), 1, "strides")?,
                     pads: quad(a.ints("pads"))?,
                     dilations: pair(a.ints("dilations"), 1, "dilations")?,
-                    group: a.i("group", 1).max(1) as usize,
+                    group: a.i("group", 1).clamp(1, MAX_SPATIAL) as usize,
                     output_padding: pair(a.ints("output_padding"), 0, "output_padding")?,
                 }
             }
@@ -352,7 +357,9 @@ impl Importer {
                     G::Resize { mode, coordinate_transformation_mode: cm, nearest_mode: nm }
                 }
             }
-            "DepthToSpace" => G::DepthToSpace { blocksize: a.i("blocksize", 0).max(0) as usize, crd: a.s("mode", "DCR") == "CRD" },
+            "DepthToSpace" => {
+                G::DepthToSpace { blocksize: a.i("blocksize", 0).clamp(0, MAX_SPATIAL) as usize, crd: a.s("mode", "DCR") == "CRD" }
+            }
             "Dropout" => {
                 // Inference: ratio and training_mode inputs are ignored.
                 ins.truncate(1);

@@ -2,6 +2,7 @@
 //! after its last use. Integer (int64) shape arithmetic is done here on small vectors.
 //! Semantics follow the ONNX operator specs (https://onnx.ai/onnx/operators/).
 
+use super::exec_shape::checked_numel;
 use super::{CoordMode, Graph, GraphOp, NearestMode, Node, PadKind, ResizeMode};
 use cnnkit_core::elementwise::broadcast_shape;
 use cnnkit_core::{DType, Error, PadMode, Pool2dArgs, Result, Tensor, UnaryOp};
@@ -259,6 +260,16 @@ pub(crate) fn eval(op: &GraphOp, args: &[Option<Tensor>], n_out: usize) -> R<Vec
             if pads[0] != pads[2] || pads[1] != pads[3] {
                 return fail(format!("asymmetric pads {pads:?} are not supported"));
             }
+            // Guard the output size of a malformed model before allocating it.
+            let grow = |n: usize, i: usize| {
+                n.saturating_mul(strides[i]).saturating_add(dilations[i].saturating_mul(w.shape().get(2 + i).copied().unwrap_or(1)))
+            };
+            checked_numel(&[
+                x.shape()[0],
+                w.shape().get(1).copied().unwrap_or(1).saturating_mul(*group),
+                grow(x.shape()[2], 0),
+                grow(x.shape()[3], 1),
+            ])?;
             let a = cnnkit_core::Conv2dArgs {
                 stride: (strides[0], strides[1]),
                 padding: (pads[0], pads[1]),
@@ -405,6 +416,7 @@ pub(crate) fn resize(x: &Tensor, scales: Option<&Tensor>, sizes: Option<&Tensor>
         }
         _ => return fail("exactly one of scales and sizes must be given"),
     };
+    checked_numel(&[x.shape()[0], x.shape()[1], oh, ow])?;
     match (mode, cm) {
         // asymmetric + floor is PyTorch's "nearest": source = floor(o / scale).
         (ResizeMode::Nearest, CoordMode::Asymmetric) if *nearest_mode == NearestMode::Floor => Ok(x.upsample_nearest2d_scaled(oh, ow, sc)?),
@@ -424,6 +436,9 @@ pub(crate) fn pad(x: &Tensor, pads: &[i64], value: f64, axes: Option<Vec<i64>>, 
     if pads.len() != 2 * axes.len() {
         return fail(format!("pads has {} values for {} axes", pads.len(), axes.len()));
     }
+    if pads.iter().any(|p| p.unsigned_abs() > super::exec_shape::MAX_ELEMS as u64) {
+        return fail(format!("pads {pads:?} are out of range"));
+    }
     let k = axes.len();
     let mut full = vec![0i64; 2 * r];
     for (i, &a) in axes.iter().enumerate() {
@@ -434,6 +449,11 @@ pub(crate) fn pad(x: &Tensor, pads: &[i64], value: f64, axes: Option<Vec<i64>>, 
         return fail(format!("pads {pads:?}: only the last two dims of a tensor can be padded"));
     }
     let (t, l, b, rr) = (full[r - 2], full[r - 1], full[2 * r - 2], full[2 * r - 1]);
+    let grow = |d: usize, p: i64, q: i64| (d as i64).saturating_add(p).saturating_add(q).max(0) as usize;
+    let mut out = x.shape().to_vec();
+    out[r - 2] = grow(out[r - 2], t, b);
+    out[r - 1] = grow(out[r - 1], l, rr);
+    checked_numel(&out)?;
     let m = match mode {
         PadKind::Constant => PadMode::Constant,
         PadKind::Reflect => PadMode::Reflect,

@@ -19,6 +19,9 @@ fn opt(args: &[Option<Tensor>], i: usize) -> Option<&Tensor> {
 
 /// Reshape's output shape: 0 copies the input dim (unless allowzero), one −1 is inferred.
 pub(crate) fn reshape_target(input: &[usize], spec: &[i64], allowzero: bool) -> R<Vec<usize>> {
+    if spec.iter().any(|&s| s > MAX_ELEMS as i64) {
+        return fail(format!("invalid shape {spec:?}"));
+    }
     let numel: usize = input.iter().product();
     let mut out = Vec::with_capacity(spec.len());
     let mut infer = None;
@@ -34,16 +37,35 @@ pub(crate) fn reshape_target(input: &[usize], spec: &[i64], allowzero: bool) -> 
         }
     }
     if let Some(i) = infer {
-        let known: usize = out.iter().product();
+        let known = checked_numel(&out)?;
         if known == 0 || !numel.is_multiple_of(known) {
             return fail(format!("cannot reshape {input:?} to {spec:?}"));
         }
         out[i] = numel / known;
     }
-    if out.iter().product::<usize>() != numel {
+    if checked_numel(&out)? != numel {
         return fail(format!("cannot reshape {input:?} to {spec:?}"));
     }
     Ok(out)
+}
+
+/// The most elements a tensor built from graph-supplied sizes may have (2³¹): a malformed
+/// model must fail, not exhaust memory or overflow.
+pub(crate) const MAX_ELEMS: usize = 1 << 31;
+
+/// The element count of `shape`, or an error when it exceeds [`MAX_ELEMS`].
+pub(crate) fn checked_numel(shape: &[usize]) -> R<usize> {
+    shape
+        .iter()
+        .try_fold(1usize, |p, &d| p.checked_mul(d).filter(|&n| n <= MAX_ELEMS))
+        .ok_or_else(|| E(format!("shape {shape:?} is too large")))
+}
+
+/// Sizes from an int64 shape input: negative entries are errors.
+fn sizes(v: Vec<i64>) -> R<Vec<usize>> {
+    let s: Vec<usize> = v.iter().map(|&d| usize::try_from(d).map_err(|_| E(format!("negative size in {v:?}")))).collect::<R<_>>()?;
+    checked_numel(&s)?;
+    Ok(s)
 }
 
 /// One sliced axis: (axis, first index, step, count), clamped as the ONNX Slice spec says.
@@ -60,11 +82,12 @@ pub(crate) fn slice_plan(
     let mut plan = Vec::new();
     for i in 0..starts.len() {
         let a = axis(axes.map_or(i as i64, |a| a.get(i).copied().unwrap_or(i as i64)), dims.len())?;
-        let step = steps.and_then(|s| s.get(i).copied()).unwrap_or(1);
-        if step == 0 {
-            return fail("slice step 0");
-        }
         let d = dims[a] as i64;
+        // Steps beyond the axis length behave like the axis length (and cannot overflow).
+        let step = steps.and_then(|s| s.get(i).copied()).unwrap_or(1).clamp(-d - 1, d + 1);
+        if step == 0 {
+            return fail("slice step 0 (or an empty axis)");
+        }
         let norm = |v: i64| if v < 0 { v.saturating_add(d) } else { v };
         let (s, e) = (norm(starts[i]), norm(ends[i]));
         let (s, e) = if step > 0 { (s.clamp(0, d), e.clamp(0, d)) } else { (s.clamp(0, d - 1), e.clamp(-1, d - 1)) };
@@ -115,7 +138,7 @@ pub(crate) fn unsqueeze_shape<D: Copy>(shape: &[D], axes: &[i64], one: D) -> R<V
 pub(crate) fn split_sizes(len: usize, sizes: Option<Vec<i64>>, parts: usize) -> R<Vec<usize>> {
     match sizes {
         Some(s) => {
-            if s.iter().any(|&v| v < 0) || s.iter().sum::<i64>() != len as i64 {
+            if s.iter().any(|&v| v < 0) || s.iter().map(|&v| v as i128).sum::<i128>() != len as i128 {
                 return fail(format!("split sizes {s:?} do not sum to {len}"));
             }
             Ok(s.into_iter().map(|v| v as usize).collect())
@@ -274,12 +297,12 @@ pub(crate) fn eval_shape_op(op: &GraphOp, args: &[Option<Tensor>], n_out: usize)
             one(x.to_dtype(*to)?)
         }
         ConstantOfShape { value, dtype } => {
-            let s: Vec<usize> = ints(x()?)?.into_iter().map(|v| v.max(0) as usize).collect();
+            let s = sizes(ints(x()?)?)?;
             one(Tensor::full(&s, *value, *dtype))
         }
         Expand => {
             let x = x()?;
-            let s: Vec<usize> = ints(req(args, 1, "shape")?)?.into_iter().map(|v| v.max(0) as usize).collect();
+            let s = sizes(ints(req(args, 1, "shape")?)?)?;
             let target = broadcast_shape(x.shape(), &s).ok_or_else(|| E(format!("cannot expand {:?} to {s:?}", x.shape())))?;
             one(x.broadcast_to(&target)?)
         }
@@ -299,7 +322,11 @@ pub(crate) fn eval_shape_op(op: &GraphOp, args: &[Option<Tensor>], n_out: usize)
                 return fail("delta is 0");
             }
             // ONNX: max(ceil((limit − start) / delta), 0) elements.
-            let n = ((l0 - s0) / d0).ceil().max(0.0) as usize;
+            let n = ((l0 - s0) / d0).ceil().max(0.0);
+            if !n.is_finite() || n > MAX_ELEMS as f64 {
+                return fail(format!("Range({s0}, {l0}, {d0}) is too long"));
+            }
+            let n = n as usize;
             let v: Vec<f64> = (0..n).map(|i| s0 + i as f64 * d0).collect();
             one(Tensor::from_vec(v, &[n])?.to_dtype(s.dtype())?)
         }

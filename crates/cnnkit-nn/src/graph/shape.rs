@@ -60,8 +60,8 @@ fn broadcast(a: &[Option<usize>], b: &[Option<usize>]) -> R<Vec<Option<usize>>> 
 /// rule: the last window must start inside the input or its left padding).
 fn window(n: Option<usize>, k: usize, s: usize, pb: usize, pe: usize, d: usize, ceil: bool) -> R<Option<usize>> {
     let Some(n) = n else { return Ok(None) };
-    let span = d * (k.max(1) - 1) + 1;
-    let total = n + pb + pe;
+    let span = d.saturating_mul(k.max(1) - 1).saturating_add(1);
+    let total = n.saturating_add(pb).saturating_add(pe);
     if total < span || s == 0 {
         return fail(format!("kernel {k} (dilation {d}) larger than the padded input {total}"));
     }
