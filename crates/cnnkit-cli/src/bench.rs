@@ -325,10 +325,10 @@ fn infer(b: InferBench) -> Result<()> {
 }
 
 fn epoch(b: EpochBench) -> Result<()> {
+    use cnnkit::data::Dataset;
     use cnnkit::nn::loss::{cross_entropy, CrossEntropyOptions};
     use cnnkit::nn::ModuleExt;
     use cnnkit::optim::Optimizer;
-    use cnnkit::data::Dataset;
     use cnnkit::train::BatchSource;
     let threads = setup_threads(&b.common)?;
     let (train, _) = cnnkit::data::load(&b.dataset, None, 0, b.train_size, 1)?;
@@ -336,8 +336,15 @@ fn epoch(b: EpochBench) -> Result<()> {
     cnnkit::core::manual_seed(0);
     let model = cnnkit::models::build(&b.model, c, h, w, train.classes.len())?;
     let mut opt = cnnkit::optim::Adam::new(model.parameters(), cnnkit::optim::AdamConfig { lr: b.lr, ..Default::default() })?;
-    let src =
-        cnnkit::data::Batches { set: &train, batch_size: b.batch_size.max(1), shuffle: true, augment: false, seed: 0, workers: 1, drop_last: false };
+    let src = cnnkit::data::Batches {
+        set: &train,
+        batch_size: b.batch_size.max(1),
+        shuffle: true,
+        augment: false,
+        seed: 0,
+        workers: 1,
+        drop_last: false,
+    };
     let opts = CrossEntropyOptions::default();
     let mut e = 0;
     model.train(true);

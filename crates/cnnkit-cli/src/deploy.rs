@@ -50,15 +50,30 @@ fn file_err(path: &Path, msg: impl Into<String>) -> Error {
     Error::File { path: path.display().to_string(), msg: msg.into() }
 }
 
-/// Loads the model `src` names (or the ONNX file `onnx`). `input_chw`: (C, H, W) of the data it will see, used to
-/// build zoo models (their stems and the seed models' classifier sizes depend on it).
+/// Loads the model to run: the ONNX file `onnx`, or the module `src` names described as a
+/// graph; either way planned for inference (BatchNorm folded into the convolutions). A
+/// module that cannot be described as a graph runs its forward directly.
 pub fn load(onnx: Option<&Path>, src: &ModelSource, input_chw: [usize; 3]) -> Result<Loaded> {
-    if let Some(p) = onnx {
-        return Ok(Loaded::Graph(cnnkit::onnx::load_onnx(p)?));
-    }
+    let graph = match onnx {
+        Some(p) => cnnkit::onnx::load_onnx(p)?,
+        None => {
+            let m = load_module(src, input_chw)?;
+            let [c, h, w] = input_chw;
+            match cnnkit::nn::graph::module_to_graph(m.as_ref(), &[None, Some(c), Some(h), Some(w)]) {
+                Ok(g) => g,
+                Err(_) => return Ok(Loaded::Module(m)),
+            }
+        }
+    };
+    Ok(Loaded::Graph(cnnkit::nn::graph::optimize_for_inference(&graph)?))
+}
+
+/// Loads the module `src` names (a zoo model with weights, or a checkpoint), in eval mode. `input_chw`: (C, H, W) of the data it will see, used to
+/// build zoo models (their stems and the seed models' classifier sizes depend on it).
+pub fn load_module(src: &ModelSource, input_chw: [usize; 3]) -> Result<Box<dyn Module>> {
     if let Some(ck) = &src.checkpoint {
         let (m, _) = crate::train::restore(ck)?;
-        return Ok(Loaded::Module(m));
+        return Ok(m);
     }
     let name = src
         .model
@@ -77,7 +92,7 @@ pub fn load(onnx: Option<&Path>, src: &ModelSource, input_chw: [usize; 3]) -> Re
     let m = cnnkit::models::build(name, c, h, w, classes)?;
     m.load_state_dict(&sd, true).map_err(|e| file_err(weights, e.to_string()))?;
     m.eval();
-    Ok(Loaded::Module(m))
+    Ok(m)
 }
 
 /// "1x3x224x224" → [1, 3, 224, 224].
@@ -171,10 +186,7 @@ pub fn export(a: ExportArgs) -> Result<()> {
         }
         (None, None) => vec![1, 3, 224, 224],
     };
-    let Loaded::Module(m) = load(None, &a.source, [shape[1], shape[2], shape[3]])? else {
-        return Err(Error::invalid("export", "an ONNX model is already ONNX"));
-    };
-    m.eval();
+    let m = load_module(&a.source, [shape[1], shape[2], shape[3]])?;
     let t = Instant::now();
     cnnkit::onnx::export_module(m.as_ref(), &shape, &out)?;
     let nodes = cnnkit::onnx::load_onnx(&out)?.nodes.len();
@@ -193,7 +205,8 @@ pub fn bench_infer(onnx: Option<&Path>, src: &ModelSource, shape: &[usize], iter
             // No weights needed to time a zoo model: torchvision's initialisation.
             let m = cnnkit::models::build(name, shape[1], shape[2], shape[3], src.num_classes.unwrap_or(1000))?;
             m.eval();
-            Loaded::Module(m)
+            let g = cnnkit::nn::graph::module_to_graph(m.as_ref(), &[None, Some(shape[1]), Some(shape[2]), Some(shape[3])])?;
+            Loaded::Graph(cnnkit::nn::graph::optimize_for_inference(&g)?)
         }
         _ => load(onnx, src, [shape[1], shape[2], shape[3]])?,
     };

@@ -262,8 +262,23 @@ impl Tensor {
     }
     /// `F.max_pool2d`. x: (N, C, H, W) or (C, H, W).
     pub fn max_pool2d(&self, a: Pool2dArgs) -> Result<Tensor> {
-        let (y, _, added) = self.max_pool2d_impl(a)?;
-        unbatch(y, added)
+        if crate::grad_mode::is_grad_enabled() && self.requires_grad() {
+            let (y, _, added) = self.max_pool2d_impl(a)?;
+            return unbatch(y, added);
+        }
+        // No gradient will flow: skip recording the argmax indices.
+        let (x, added) = as_4d(self, "max_pool2d")?;
+        let g = pool_geom(&x, a, "max_pool2d")?;
+        let (oh, ow) = g
+            .out_hw()
+            .ok_or_else(|| Error::bad_shape("max_pool2d", x.shape(), format!("kernel {:?} larger than the padded input", a.kernel)))?;
+        let (n, c) = (x.shape()[0], x.shape()[1]);
+        let s = float_dispatch!("max_pool2d", x.dtype(), T => {
+            let mut y = vec![T::zero(); n * c * oh * ow];
+            x.with_data(|xd: &[T]| pool::max_pool2d_values(&g, xd, &mut y))?;
+            T::into_storage(y)
+        });
+        unbatch(Tensor::from_op(s, &[n, c, oh, ow], Op::MaxPool { x: x.clone(), idx: Arc::new(Vec::new()) }), added)
     }
 
     /// `F.max_unpool2d`: places each value at its recorded index in an (OH, OW) plane of zeros.

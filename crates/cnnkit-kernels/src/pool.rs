@@ -108,6 +108,46 @@ pub fn max_pool2d<T: Float>(g: &PoolGeom, x: &[T], y: &mut [T], idx: &mut [i64])
     });
 }
 
+/// Max pooling values only, for inference (no indices to record). x: (P, H, W) planes;
+/// y: (P, OH, OW). Separable: each output row is the elementwise max, over its window's rows,
+/// of a horizontal window max of that row; selects instead of branches (activations make the
+/// comparisons unpredictable). NaN propagates as in PyTorch.
+pub fn max_pool2d_values<T: Float>(g: &PoolGeom, x: &[T], y: &mut [T]) {
+    let (oh, ow) = g.out_hw().expect("PoolGeom checked by caller");
+    let plane_in = g.h * g.w;
+    let take = |v: T, m: T| (v > m) | v.is_nan();
+    y.par_chunks_mut(oh * ow).enumerate().for_each(|(pi, yp)| {
+        crate::simd::with_best_isa(|| {
+            let xp = &x[pi * plane_in..(pi + 1) * plane_in];
+            T::with_scratch(ow, |hm| {
+                for oy in 0..oh {
+                    let hs = (oy * g.stride.0) as isize - g.padding.0 as isize;
+                    let (k0, k1) = tap_range(hs, g.kh, g.dilation.0, g.h);
+                    let yr = &mut yp[oy * ow..(oy + 1) * ow];
+                    yr.iter_mut().for_each(|v| *v = T::neg_infinity());
+                    for ki in k0..k1 {
+                        let r = (hs + (ki * g.dilation.0) as isize) as usize;
+                        let row = &xp[r * g.w..(r + 1) * g.w];
+                        for (ox, h) in hm.iter_mut().enumerate() {
+                            let ws = (ox * g.stride.1) as isize - g.padding.1 as isize;
+                            let (j0, j1) = tap_range(ws, g.kw, g.dilation.1, g.w);
+                            let mut m = T::neg_infinity();
+                            for kj in j0..j1 {
+                                let v = row[(ws + (kj * g.dilation.1) as isize) as usize];
+                                m = if take(v, m) { v } else { m };
+                            }
+                            *h = m;
+                        }
+                        for (a, &b) in yr.iter_mut().zip(hm.iter()) {
+                            *a = if take(b, *a) { b } else { *a };
+                        }
+                    }
+                }
+            })
+        })
+    });
+}
+
 /// Scatter-adds gy into gx at the recorded indices. gy, idx: (P, OH·OW); gx: (P, H·W) (overwritten).
 pub fn scatter_plane_indices<T: Float>(gy: &[T], idx: &[i64], out_plane: usize, in_plane: usize, gx: &mut [T]) {
     gx.par_chunks_mut(out_plane).enumerate().for_each(|(pi, gp)| {
@@ -321,8 +361,11 @@ mod tests {
             let mut idx = vec![0; 2 * oh * ow];
             max_pool2d(&g, &x, &mut y, &mut idx);
             let (yn, inn) = crate::reference::max_pool2d_naive(&g, &x, 2);
-            prop_assert_eq!(y, yn);
+            prop_assert_eq!(&y, &yn);
             prop_assert_eq!(idx, inn);
+            let mut yv = vec![0.0; 2 * oh * ow];
+            max_pool2d_values(&g, &x, &mut yv);
+            prop_assert_eq!(yv, yn);
         }
     }
 

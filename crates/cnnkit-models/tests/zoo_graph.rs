@@ -2,7 +2,7 @@
 //! inference planner consume) computes what its eval-mode forward computes.
 
 mod common;
-use cnnkit_nn::graph::module_to_graph;
+use cnnkit_nn::graph::{module_to_graph, GraphOp};
 use cnnkit_nn::ModuleExt;
 use common::rel_err;
 
@@ -27,9 +27,20 @@ fn check(name: &str) {
     for k in graph.initializers.keys().filter(|k| k.contains('.') && !k.starts_with("const")) {
         assert!(sd.contains_key(k), "{name}: initializer {k} is not a state_dict key");
     }
-    let got = graph.run(&[("input", x)]).unwrap().remove(0);
+    let got = graph.run(&[("input", x.clone())]).unwrap().remove(0);
     let err = rel_err(&got, &want);
     assert!(err <= 1e-5, "{name}: graph differs from forward by {err:.2e}");
+    // The inference plan folds every BatchNorm that follows a conv and computes the same.
+    let planned = cnnkit_nn::graph::optimize_for_inference(&graph).unwrap();
+    let bn_after_conv = planned
+        .nodes
+        .windows(2)
+        .filter(|w| matches!(w[0].op, GraphOp::Conv { .. }) && matches!(w[1].op, GraphOp::BatchNormalization { .. }))
+        .count();
+    assert_eq!(bn_after_conv, 0, "{name}: a Conv → BatchNormalization pair was not folded");
+    let got = planned.run(&[("input", x)]).unwrap().remove(0);
+    let err = rel_err(&got, &want);
+    assert!(err <= 1e-5, "{name}: planned graph differs from forward by {err:.2e}");
 }
 
 macro_rules! graph_tests {

@@ -7,9 +7,11 @@
 mod builder;
 mod exec;
 mod exec_shape;
+mod plan;
 mod shape;
 
 pub use builder::{module_to_graph, GraphBuilder};
+pub use plan::optimize_for_inference;
 
 use cnnkit_core::{DType, Error, Result, Tensor};
 use std::collections::{BTreeMap, HashSet};
