@@ -63,7 +63,12 @@ impl Graph {
                 last_use.insert(v.as_str(), i);
             }
         }
+        let fused = self.fusable_activations();
+        let mut skip = false;
         for (i, node) in self.nodes.iter().enumerate() {
+            if std::mem::take(&mut skip) {
+                continue;
+            }
             let mut args = Vec::with_capacity(node.inputs.len());
             for v in &node.inputs {
                 if v.is_empty() {
@@ -75,7 +80,15 @@ impl Graph {
                 args.push(Some(t.clone()));
             }
             let outs = eval(&node.op, &args, node.outputs.len()).map_err(|e| node_error(node, e))?;
-            for (name, t) in node.outputs.iter().zip(outs) {
+            let mut names = &node.outputs;
+            if let Some(act) = fused[i] {
+                // The next node is an activation of this fresh output only: apply it in place.
+                if apply_in_place(act, &outs[0])? {
+                    names = &self.nodes[i + 1].outputs;
+                    skip = true;
+                }
+            }
+            for (name, t) in names.iter().zip(outs) {
                 if !name.is_empty() {
                     env.insert(name.as_str(), t);
                 }
@@ -96,6 +109,77 @@ impl Graph {
             })
             .collect()
     }
+}
+
+/// An activation the executor applies in place to the output of the node before it.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum InPlace {
+    Relu,
+    Clip(f32, f32),
+}
+
+impl Graph {
+    /// For each node, the activation of the next node that can run in place on this node's
+    /// output: the producer makes a fresh tensor (Conv, Gemm, Add, BatchNormalization), the
+    /// activation is its only reader, and the value is not a graph output. This saves the
+    /// activation's allocation and its output pass (the inference-time "fused epilogue").
+    fn fusable_activations(&self) -> Vec<Option<InPlace>> {
+        let mut readers: HashMap<&str, usize> = HashMap::new();
+        for n in &self.nodes {
+            for v in n.inputs.iter().filter(|v| !v.is_empty()) {
+                *readers.entry(v.as_str()).or_default() += 1;
+            }
+        }
+        let scalar = |name: Option<&String>, default: f32| -> Option<f32> {
+            match name.filter(|n| !n.is_empty()) {
+                None => Some(default),
+                Some(n) => self.initializers.get(n).filter(|t| t.numel() == 1).and_then(|t| t.item().ok()).map(|v| v as f32),
+            }
+        };
+        (0..self.nodes.len())
+            .map(|i| {
+                let (a, b) = (&self.nodes[i], self.nodes.get(i + 1)?);
+                let fresh = matches!(a.op, GraphOp::Conv { .. } | GraphOp::Gemm { .. } | GraphOp::Add | GraphOp::BatchNormalization { .. });
+                let out = a.outputs.first()?;
+                if !fresh || a.outputs.len() != 1 || b.outputs.len() != 1 || b.inputs.first() != Some(out) {
+                    return None;
+                }
+                if readers.get(out.as_str()) != Some(&1) || self.outputs.contains(out) {
+                    return None;
+                }
+                match b.op {
+                    GraphOp::Relu => Some(InPlace::Relu),
+                    GraphOp::Clip => {
+                        Some(InPlace::Clip(scalar(b.inputs.get(1), f32::NEG_INFINITY)?, scalar(b.inputs.get(2), f32::INFINITY)?))
+                    }
+                    _ => None,
+                }
+            })
+            .collect()
+    }
+}
+
+/// Applies `act` to `t` in place (NaN stays NaN, as in the unfused ops). Returns false (and
+/// leaves `t` alone) for tensors it does not handle, which then run the activation node.
+fn apply_in_place(act: InPlace, t: &Tensor) -> Result<bool> {
+    if t.dtype() != DType::F32 || !t.is_contiguous() {
+        return Ok(false);
+    }
+    t.update_data(|d: &mut [f32]| match act {
+        InPlace::Relu => d.iter_mut().for_each(|v| {
+            if *v < 0.0 {
+                *v = 0.0
+            }
+        }),
+        InPlace::Clip(lo, hi) => d.iter_mut().for_each(|v| {
+            if *v < lo {
+                *v = lo
+            } else if *v > hi {
+                *v = hi
+            }
+        }),
+    })?;
+    Ok(true)
 }
 
 fn req<'a>(args: &'a [Option<Tensor>], i: usize, what: &str) -> R<&'a Tensor> {
