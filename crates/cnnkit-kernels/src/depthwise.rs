@@ -12,7 +12,6 @@
 //! Output channel co reads input channel co / M. Weight: (C_out, 1, KH, KW).
 
 use crate::conv::ConvGeom;
-use crate::simd::with_best_isa;
 use crate::Float;
 use rayon::prelude::*;
 
@@ -60,12 +59,17 @@ fn interleave_add<T: Float>(phases: &[T], h: usize, w: usize, s: usize, x: &mut 
     let pw = w.div_ceil(s);
     for y in 0..h {
         let dst = &mut x[y * w..(y + 1) * w];
-        for (ix, d) in dst.iter_mut().enumerate() {
-            let (j, r) = (ix / s, ix % s);
-            *d += phases[(r * h + y) * pw + j];
+        for r in 0..s.min(w) {
+            let src = &phases[(r * h + y) * pw..(r * h + y + 1) * pw];
+            dst[r..].iter_mut().step_by(s).zip(src).for_each(|(d, &v)| *d += v);
         }
     }
 }
+
+/// Lanes per block: one AVX2 register of f32. [`axpy`] works in fixed blocks of LANES so
+/// that rows as short as MobileNet's (7..112) vectorise fully; LLVM's own vector loops are
+/// unrolled 4× and would leave most of a short row to their scalar epilogue.
+const LANES: usize = 8;
 
 /// out[i] += Σ_k w_k · src_k[i] over all taps, four taps per pass so each pass loads and
 /// stores `out` once for four multiply-adds. Every src_k is at least out.len() long.
@@ -89,6 +93,20 @@ fn acc_taps<T: Float>(out: &mut [T], taps: &[(T, &[T])]) {
     }
 }
 
+/// dst[i] += a · src[i], in fixed blocks (see [`LANES`]). src is at least dst.len() long.
+#[inline(always)]
+fn axpy<T: Float>(dst: &mut [T], a: T, src: &[T]) {
+    let src = &src[..dst.len()];
+    let mut db = dst.chunks_exact_mut(LANES);
+    let mut sb = src.chunks_exact(LANES);
+    for (d, s) in (&mut db).zip(&mut sb) {
+        for l in 0..LANES {
+            d[l] += a * s[l];
+        }
+    }
+    db.into_remainder().iter_mut().zip(sb.remainder()).for_each(|(d, &v)| *d += a * v);
+}
+
 /// Σ a[i]·b[i] with eight independent partial sums, so the loop vectorises without
 /// reassociating a single accumulator.
 #[inline(always)]
@@ -106,34 +124,34 @@ fn dot<T: Float>(a: &[T], b: &[T]) -> T {
     acc.iter().fold(tail, |s, &v| s + v)
 }
 
-/// Horizontal layout of one tap column kj: interior outputs lo..hi read phase `r`, columns
-/// q.. of its rows; `off` is the input column of output 0 (may be negative).
+/// Horizontal layout of one tap column kj: `off` is the input column of output 0 (may be
+/// negative); outputs lo..hi have this tap in bounds.
 #[derive(Clone, Copy)]
 struct ColTap {
     off: isize,
-    r: usize,
-    q: usize,
+    lo: usize,
+    hi: usize,
 }
 
-/// The interior lo..hi (every kj tap in bounds) and each kj tap's phase and start column there.
-fn col_taps(g: &ConvGeom, ow: usize) -> (usize, usize, Vec<ColTap>) {
-    let s = g.stride.1;
-    let offs: Vec<isize> = (0..g.kw).map(|kj| (kj * g.dilation.1) as isize - g.padding.1 as isize).collect();
-    let (mut lo, mut hi) = (0, ow);
-    for &off in &offs {
-        let (l, h) = valid(ow, g.w, s, off);
-        lo = lo.max(l);
-        hi = hi.min(h);
+impl ColTap {
+    /// Where outputs a.. of this tap start in the phase planes: (phase, column). Needs a ≥ lo.
+    fn start(&self, a: usize, s: usize) -> (usize, usize) {
+        let p = (a as isize * s as isize + self.off) as usize;
+        (p % s, p / s)
     }
-    let hi = hi.max(lo);
-    // a = lo·s + off >= 0 for every tap when the interior is non-empty; otherwise unused.
-    let taps = offs
-        .iter()
-        .map(|&off| {
-            let a = (lo as isize * s as isize + off).max(0) as usize;
-            ColTap { off, r: a % s, q: a / s }
+}
+
+/// The interior lo..hi (every kj tap in bounds) and each kj tap's own valid range.
+fn col_taps(g: &ConvGeom, ow: usize) -> (usize, usize, Vec<ColTap>) {
+    let taps: Vec<ColTap> = (0..g.kw)
+        .map(|kj| {
+            let off = (kj * g.dilation.1) as isize - g.padding.1 as isize;
+            let (lo, hi) = valid(ow, g.w, g.stride.1, off);
+            ColTap { off, lo, hi }
         })
         .collect();
+    let lo = taps.iter().map(|t| t.lo).max().unwrap_or(0);
+    let hi = taps.iter().map(|t| t.hi).min().unwrap_or(ow).max(lo);
     (lo, hi, taps)
 }
 
@@ -150,6 +168,11 @@ fn forward_plane<T: Float>(g: &ConvGeom, x: &[T], w: &[T], bias: T, y: &mut [T],
         deinterleave(x, g.h, g.w, s, phases);
         (phases, g.w.div_ceil(s))
     };
+    let row_at = |iy: usize, ct: &ColTap, a: usize, n: usize| {
+        let (r, q) = ct.start(a, s);
+        let base = (r * g.h + iy) * pw + q;
+        &src[base..base + n]
+    };
     let mut taps: Vec<(T, &[T])> = Vec::with_capacity(g.kh * g.kw);
     for (oy, row) in y.chunks_mut(ow.max(1)).take(oh).enumerate() {
         row.iter_mut().for_each(|v| *v = bias);
@@ -160,18 +183,15 @@ fn forward_plane<T: Float>(g: &ConvGeom, x: &[T], w: &[T], bias: T, y: &mut [T],
                 continue;
             }
             let iy = iy as usize;
-            let xrow = &x[iy * g.w..(iy + 1) * g.w];
             for (kj, ct) in ctaps.iter().enumerate() {
                 let wv = w[ki * g.kw + kj];
                 if hi > lo {
-                    let base = (ct.r * g.h + iy) * pw + ct.q;
-                    taps.push((wv, &src[base..base + (hi - lo)]));
+                    taps.push((wv, row_at(iy, ct, lo, hi - lo)));
                 }
-                // Border outputs: taps may fall into the padding.
-                for ox in (0..lo).chain(hi..ow) {
-                    let ix = (ox * s) as isize + ct.off;
-                    if ix >= 0 && (ix as usize) < g.w {
-                        row[ox] += wv * xrow[ix as usize];
+                // The border: the parts of this tap's valid range outside the interior.
+                for (a, b) in [(ct.lo, lo.min(ct.hi)), (hi.max(ct.lo), ct.hi)] {
+                    if b > a {
+                        axpy(&mut row[a..b], wv, row_at(iy, ct, a, b - a));
                     }
                 }
             }
@@ -179,6 +199,29 @@ fn forward_plane<T: Float>(g: &ConvGeom, x: &[T], w: &[T], bias: T, y: &mut [T],
         acc_taps(&mut row[lo..hi], &taps);
     }
 }
+
+/// Runs a plane kernel compiled for AVX2 + FMA where the CPU has them. (`simd::with_best_isa`
+/// is not enough here: LLVM declines to inline a closure this large into its AVX2 wrapper,
+/// which leaves the loops at SSE2 width.)
+macro_rules! best_isa_fn {
+    ($name:ident, $avx2:ident, $inner:ident, ($($arg:ident: $ty:ty),*)) => {
+        #[cfg(target_arch = "x86_64")]
+        #[target_feature(enable = "avx2,fma")]
+        unsafe fn $avx2<T: Float>($($arg: $ty),*) {
+            $inner($($arg),*)
+        }
+        fn $name<T: Float>($($arg: $ty),*) {
+            #[cfg(target_arch = "x86_64")]
+            if crate::simd::has_avx2_fma() {
+                // SAFETY: the CPU was just checked to support AVX2 and FMA.
+                return unsafe { $avx2($($arg),*) };
+            }
+            $inner($($arg),*)
+        }
+    };
+}
+best_isa_fn!(backward_input_plane_best, backward_input_plane_avx2, backward_input_plane, (g: &ConvGeom, gy: &[T], w: &[T], dst: &mut [T]));
+best_isa_fn!(backward_weight_plane_best, backward_weight_plane_avx2, backward_weight_plane, (g: &ConvGeom, x: &[T], gy: &[T], gw: &mut [T], ph: &mut [T]));
 
 /// y = conv(x, w) + b for depthwise `g`. x: (N, C_in, H, W); w: (C_out, 1, KH, KW); b: (C_out);
 /// y: (N, C_out, OH, OW) (overwritten).
@@ -193,7 +236,9 @@ pub fn forward<T: Float>(g: &ConvGeom, x: &[T], w: &[T], b: Option<&[T]>, y: &mu
         let xp = &x[(i * g.c_in + co / m) * hw..][..hw];
         let wk = &w[co * kk..(co + 1) * kk];
         let bias = b.map_or(T::zero(), |b| b[co]);
-        T::with_scratch(scratch, |ph| with_best_isa(|| forward_plane(g, xp, wk, bias, yp, ph)));
+        // Baseline ISA on purpose (measured): acc_taps' 4×-unrolled AVX2 loops leave most of a
+        // short row to the scalar epilogue and ran ~30% slower than SSE2 on 56-wide rows.
+        T::with_scratch(scratch, |ph| forward_plane(g, xp, wk, bias, yp, ph));
     };
     let y = &mut y[..g.n * g.c_out * p];
     if p == 0 {
@@ -232,8 +277,7 @@ fn backward_input_plane<T: Float>(g: &ConvGeom, gy: &[T], w: &[T], dst: &mut [T]
                         continue;
                     }
                     let base = (r * g.h + iy as usize) * pw + q;
-                    let d = &mut dst[base..base + (hi - lo)];
-                    d.iter_mut().zip(&gyp[oy * ow + lo..oy * ow + hi]).for_each(|(d, &v)| *d += wv * v);
+                    axpy(&mut dst[base..base + (hi - lo)], wv, &gyp[oy * ow + lo..oy * ow + hi]);
                 }
             }
         }
@@ -254,15 +298,13 @@ pub fn backward_input<T: Float>(g: &ConvGeom, gy: &[T], w: &[T], gx: &mut [T]) {
         let wk = &w[c * m * kk..(c + 1) * m * kk];
         gxp.iter_mut().for_each(|v| *v = T::zero());
         if s == 1 {
-            with_best_isa(|| backward_input_plane(g, gyp, wk, gxp));
+            backward_input_plane_best(g, gyp, wk, gxp);
         } else {
             // Strided scatters become contiguous in phase planes; interleave them back after.
             T::with_scratch(scratch, |ph| {
-                with_best_isa(|| {
-                    ph.iter_mut().for_each(|v| *v = T::zero());
-                    backward_input_plane(g, gyp, wk, ph);
-                    interleave_add(ph, g.h, g.w, s, gxp);
-                })
+                ph.iter_mut().for_each(|v| *v = T::zero());
+                backward_input_plane_best(g, gyp, wk, ph);
+                interleave_add(ph, g.h, g.w, s, gxp);
             });
         }
     };
@@ -326,7 +368,7 @@ pub fn backward_weight<T: Float>(g: &ConvGeom, x: &[T], gy: &[T], gw: &mut [T]) 
             for i in 0..g.n {
                 let xp = &x[(i * g.c_in + co / m) * hw..][..hw];
                 let gyp = &gy[(i * g.c_out + co) * p..][..p];
-                with_best_isa(|| backward_weight_plane(g, xp, gyp, gwc, ph));
+                backward_weight_plane_best(g, xp, gyp, gwc, ph);
             }
         });
     };
