@@ -6,6 +6,7 @@
 //! Threads: batches with at least as many images as threads split over images (each thread
 //! runs a single-threaded GEMM on its own image); small batches let GEMM use all threads.
 
+use crate::depthwise;
 use crate::matmul::{gemm, gemm_strided, MatRef};
 use crate::Float;
 use rayon::prelude::*;
@@ -170,6 +171,9 @@ fn over_batch<T: Float>(n: usize, out: &mut [T], per: usize, f: impl Fn(usize, &
 
 /// y = conv(x, w) + b. x: (N, C_in, H, W); w: (C_out, C_in/G, KH, KW); b: (C_out); y: (N, C_out, OH, OW).
 pub fn conv2d_forward<T: Float>(g: &ConvGeom, x: &[T], w: &[T], b: Option<&[T]>, y: &mut [T]) {
+    if depthwise::applies(g) {
+        return depthwise::forward(g, x, w, b, y);
+    }
     let (oh, ow) = g.oh_ow();
     let p = oh * ow;
     let kr = g.col_rows();
@@ -206,6 +210,9 @@ const SMALL_PLANE: usize = 256;
 
 /// gx = d(conv)/dx · gy. gy: (N, C_out, OH, OW); w as in forward; gx: (N, C_in, H, W) (overwritten).
 pub fn conv2d_backward_input<T: Float>(g: &ConvGeom, gy: &[T], w: &[T], gx: &mut [T]) {
+    if depthwise::applies(g) {
+        return depthwise::backward_input(g, gy, w, gx);
+    }
     let (oh, ow) = g.oh_ow();
     let p = oh * ow;
     let kr = g.col_rows();
@@ -267,6 +274,9 @@ fn backward_input_batched<T: Float>(g: &ConvGeom, gy: &[T], w: &[T], gx: &mut [T
 
 /// gw = d(conv)/dw · gy, summed over the batch. gw: (C_out, C_in/G, KH, KW) (overwritten).
 pub fn conv2d_backward_weight<T: Float>(g: &ConvGeom, x: &[T], gy: &[T], gw: &mut [T]) {
+    if depthwise::applies(g) {
+        return depthwise::backward_weight(g, x, gy, gw);
+    }
     let (oh, ow) = g.oh_ow();
     let p = oh * ow;
     let kr = g.col_rows();

@@ -5,6 +5,7 @@
 //! OH/OW output height/width, G groups.
 
 pub mod conv;
+pub mod depthwise;
 pub mod matmul;
 pub mod pool;
 pub mod reference;

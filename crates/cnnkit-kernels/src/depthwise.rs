@@ -1,0 +1,495 @@
+//! Direct depthwise convolution: one input channel per group (`C_in == G`), any channel
+//! multiplier M = C_out/G, kernel size, stride, padding and dilation.
+//!
+//! im2col + GEMM is a poor fit here: each group's GEMM is (M, K·K) @ (K·K, P), far too thin
+//! for the GEMM kernel to reach its peak, and the cols matrix costs K·K times the input in
+//! memory traffic. These kernels work on one (image, channel) plane at a time instead.
+//!
+//! Each output row is split into a border (outputs whose taps may fall into the padding,
+//! bounds-checked per tap) and an interior (every tap in bounds), where each tap is a plain
+//! slice axpy that LLVM vectorises. Strided inputs are first split into `stride` phase planes
+//! (phase r holds columns r, r+s, r+2s, …), so a strided tap also reads one contiguous slice.
+//! Output channel co reads input channel co / M. Weight: (C_out, 1, KH, KW).
+
+use crate::conv::ConvGeom;
+use crate::Float;
+use rayon::prelude::*;
+
+/// Below this many outputs per call the work is too small to pay for rayon's task overhead.
+const PAR_MIN: usize = 32 * 1024;
+
+/// True when `g` is a depthwise convolution these kernels handle (one input channel per group).
+pub fn applies(g: &ConvGeom) -> bool {
+    g.groups > 1 && g.c_in == g.groups
+}
+
+fn parallel(outputs: usize) -> bool {
+    outputs >= PAR_MIN && crate::num_threads() > 1
+}
+
+/// Output indices o in lo..hi whose tap o·s + off lands inside 0..len (clamped to 0..out).
+fn valid(out: usize, len: usize, s: usize, off: isize) -> (usize, usize) {
+    let si = s as isize;
+    let lo = if off >= 0 { 0 } else { ((-off + si - 1) / si) as usize };
+    let last = len as isize - 1 - off;
+    let hi = if last < 0 { 0 } else { (last / si + 1) as usize };
+    let lo = lo.min(out);
+    (lo, hi.min(out).max(lo))
+}
+
+/// Splits a plane into `s` phase planes: phases (s, H, ⌈W/s⌉), phase r row y column j =
+/// x[y, j·s + r] (zero past the row's end). x: (H, W).
+#[inline(always)]
+fn deinterleave<T: Float>(x: &[T], h: usize, w: usize, s: usize, phases: &mut [T]) {
+    let pw = w.div_ceil(s);
+    for r in 0..s {
+        for y in 0..h {
+            let dst = &mut phases[(r * h + y) * pw..(r * h + y + 1) * pw];
+            let src = &x[y * w..(y + 1) * w];
+            for (j, d) in dst.iter_mut().enumerate() {
+                *d = src.get(j * s + r).copied().unwrap_or(T::zero());
+            }
+        }
+    }
+}
+
+/// Inverse of [`deinterleave`], accumulating: x[y, j·s + r] += phase r [y, j]. x: (H, W).
+#[inline(always)]
+fn interleave_add<T: Float>(phases: &[T], h: usize, w: usize, s: usize, x: &mut [T]) {
+    let pw = w.div_ceil(s);
+    for y in 0..h {
+        let dst = &mut x[y * w..(y + 1) * w];
+        for r in 0..s.min(w) {
+            let src = &phases[(r * h + y) * pw..(r * h + y + 1) * pw];
+            dst[r..].iter_mut().step_by(s).zip(src).for_each(|(d, &v)| *d += v);
+        }
+    }
+}
+
+/// Lanes per block: one AVX2 register of f32. [`axpy`] works in fixed blocks of LANES so
+/// that rows as short as MobileNet's (7..112) vectorise fully; LLVM's own vector loops are
+/// unrolled 4× and would leave most of a short row to their scalar epilogue.
+const LANES: usize = 8;
+
+/// out[i] += Σ_k w_k · src_k[i] over all taps, four taps per pass so each pass loads and
+/// stores `out` once for four multiply-adds. Every src_k is at least out.len() long.
+#[inline(always)]
+fn acc_taps<T: Float>(out: &mut [T], taps: &[(T, &[T])]) {
+    let n = out.len();
+    for grp in taps.chunks(4) {
+        match *grp {
+            [(w0, a), (w1, b), (w2, c), (w3, d)] => {
+                out.iter_mut().zip(&a[..n]).zip(&b[..n]).zip(&c[..n]).zip(&d[..n]).for_each(|((((o, &a), &b), &c), &d)| {
+                    *o += w0 * a + w1 * b + w2 * c + w3 * d;
+                })
+            }
+            [(w0, a), (w1, b), (w2, c)] => {
+                out.iter_mut().zip(&a[..n]).zip(&b[..n]).zip(&c[..n]).for_each(|(((o, &a), &b), &c)| *o += w0 * a + w1 * b + w2 * c)
+            }
+            [(w0, a), (w1, b)] => out.iter_mut().zip(&a[..n]).zip(&b[..n]).for_each(|((o, &a), &b)| *o += w0 * a + w1 * b),
+            [(w0, a)] => out.iter_mut().zip(&a[..n]).for_each(|(o, &a)| *o += w0 * a),
+            _ => {}
+        }
+    }
+}
+
+/// dst[i] += a · src[i], in fixed blocks (see [`LANES`]). src is at least dst.len() long.
+#[inline(always)]
+fn axpy<T: Float>(dst: &mut [T], a: T, src: &[T]) {
+    let src = &src[..dst.len()];
+    let mut db = dst.chunks_exact_mut(LANES);
+    let mut sb = src.chunks_exact(LANES);
+    for (d, s) in (&mut db).zip(&mut sb) {
+        for l in 0..LANES {
+            d[l] += a * s[l];
+        }
+    }
+    db.into_remainder().iter_mut().zip(sb.remainder()).for_each(|(d, &v)| *d += a * v);
+}
+
+/// Σ a[i]·b[i] with eight independent partial sums, so the loop vectorises without
+/// reassociating a single accumulator.
+#[inline(always)]
+fn dot<T: Float>(a: &[T], b: &[T]) -> T {
+    let n = a.len().min(b.len());
+    let (a, b) = (&a[..n], &b[..n]);
+    let mut acc = [T::zero(); 8];
+    let (mut ca, mut cb) = (a.chunks_exact(8), b.chunks_exact(8));
+    for (p, q) in (&mut ca).zip(&mut cb) {
+        for k in 0..8 {
+            acc[k] += p[k] * q[k];
+        }
+    }
+    let tail = ca.remainder().iter().zip(cb.remainder()).fold(T::zero(), |s, (&p, &q)| s + p * q);
+    acc.iter().fold(tail, |s, &v| s + v)
+}
+
+/// Horizontal layout of one tap column kj: `off` is the input column of output 0 (may be
+/// negative); outputs lo..hi have this tap in bounds.
+#[derive(Clone, Copy)]
+struct ColTap {
+    off: isize,
+    lo: usize,
+    hi: usize,
+}
+
+impl ColTap {
+    /// Where outputs a.. of this tap start in the phase planes: (phase, column). Needs a ≥ lo.
+    fn start(&self, a: usize, s: usize) -> (usize, usize) {
+        let p = (a as isize * s as isize + self.off) as usize;
+        (p % s, p / s)
+    }
+}
+
+/// The interior lo..hi (every kj tap in bounds) and each kj tap's own valid range.
+fn col_taps(g: &ConvGeom, ow: usize) -> (usize, usize, Vec<ColTap>) {
+    let taps: Vec<ColTap> = (0..g.kw)
+        .map(|kj| {
+            let off = (kj * g.dilation.1) as isize - g.padding.1 as isize;
+            let (lo, hi) = valid(ow, g.w, g.stride.1, off);
+            ColTap { off, lo, hi }
+        })
+        .collect();
+    let lo = taps.iter().map(|t| t.lo).max().unwrap_or(0);
+    let hi = taps.iter().map(|t| t.hi).min().unwrap_or(ow).max(lo);
+    (lo, hi, taps)
+}
+
+/// One output plane. x: (H, W) (the input channel); w: (KH, KW); y: (OH, OW) (overwritten);
+/// phases: (S, H, ⌈W/S⌉) scratch, used only when the column stride S > 1.
+#[inline(always)]
+fn forward_plane<T: Float>(g: &ConvGeom, x: &[T], w: &[T], bias: T, y: &mut [T], phases: &mut [T]) {
+    let Some((oh, ow)) = g.out_hw() else { return };
+    let s = g.stride.1;
+    let (lo, hi, ctaps) = col_taps(g, ow);
+    let (src, pw): (&[T], usize) = if s == 1 {
+        (x, g.w)
+    } else {
+        deinterleave(x, g.h, g.w, s, phases);
+        (phases, g.w.div_ceil(s))
+    };
+    let row_at = |iy: usize, ct: &ColTap, a: usize, n: usize| {
+        let (r, q) = ct.start(a, s);
+        let base = (r * g.h + iy) * pw + q;
+        &src[base..base + n]
+    };
+    let mut taps: Vec<(T, &[T])> = Vec::with_capacity(g.kh * g.kw);
+    for (oy, row) in y.chunks_mut(ow.max(1)).take(oh).enumerate() {
+        row.iter_mut().for_each(|v| *v = bias);
+        taps.clear();
+        for ki in 0..g.kh {
+            let iy = (oy * g.stride.0 + ki * g.dilation.0) as isize - g.padding.0 as isize;
+            if iy < 0 || iy >= g.h as isize {
+                continue;
+            }
+            let iy = iy as usize;
+            for (kj, ct) in ctaps.iter().enumerate() {
+                let wv = w[ki * g.kw + kj];
+                if hi > lo {
+                    taps.push((wv, row_at(iy, ct, lo, hi - lo)));
+                }
+                // The border: the parts of this tap's valid range outside the interior.
+                for (a, b) in [(ct.lo, lo.min(ct.hi)), (hi.max(ct.lo), ct.hi)] {
+                    if b > a {
+                        axpy(&mut row[a..b], wv, row_at(iy, ct, a, b - a));
+                    }
+                }
+            }
+        }
+        acc_taps(&mut row[lo..hi], &taps);
+    }
+}
+
+/// Runs a plane kernel compiled for AVX2 + FMA where the CPU has them. (`simd::with_best_isa`
+/// is not enough here: LLVM declines to inline a closure this large into its AVX2 wrapper,
+/// which leaves the loops at SSE2 width.)
+macro_rules! best_isa_fn {
+    ($name:ident, $avx2:ident, $inner:ident, ($($arg:ident: $ty:ty),*)) => {
+        #[cfg(target_arch = "x86_64")]
+        #[target_feature(enable = "avx2,fma")]
+        unsafe fn $avx2<T: Float>($($arg: $ty),*) {
+            $inner($($arg),*)
+        }
+        fn $name<T: Float>($($arg: $ty),*) {
+            #[cfg(target_arch = "x86_64")]
+            if crate::simd::has_avx2_fma() {
+                // SAFETY: the CPU was just checked to support AVX2 and FMA.
+                return unsafe { $avx2($($arg),*) };
+            }
+            $inner($($arg),*)
+        }
+    };
+}
+best_isa_fn!(backward_input_plane_best, backward_input_plane_avx2, backward_input_plane, (g: &ConvGeom, gy: &[T], w: &[T], dst: &mut [T]));
+best_isa_fn!(backward_weight_plane_best, backward_weight_plane_avx2, backward_weight_plane, (g: &ConvGeom, x: &[T], gy: &[T], gw: &mut [T], ph: &mut [T]));
+
+/// y = conv(x, w) + b for depthwise `g`. x: (N, C_in, H, W); w: (C_out, 1, KH, KW); b: (C_out);
+/// y: (N, C_out, OH, OW) (overwritten).
+pub fn forward<T: Float>(g: &ConvGeom, x: &[T], w: &[T], b: Option<&[T]>, y: &mut [T]) {
+    let Some((oh, ow)) = g.out_hw() else { return };
+    let p = oh * ow;
+    let m = g.c_out / g.groups;
+    let (kk, hw) = (g.kh * g.kw, g.h * g.w);
+    let scratch = if g.stride.1 > 1 { g.stride.1 * g.h * g.w.div_ceil(g.stride.1) } else { 0 };
+    let plane = |idx: usize, yp: &mut [T]| {
+        let (i, co) = (idx / g.c_out, idx % g.c_out);
+        let xp = &x[(i * g.c_in + co / m) * hw..][..hw];
+        let wk = &w[co * kk..(co + 1) * kk];
+        let bias = b.map_or(T::zero(), |b| b[co]);
+        // Baseline ISA on purpose (measured): acc_taps' 4×-unrolled AVX2 loops leave most of a
+        // short row to the scalar epilogue and ran ~30% slower than SSE2 on 56-wide rows.
+        T::with_scratch(scratch, |ph| forward_plane(g, xp, wk, bias, yp, ph));
+    };
+    let y = &mut y[..g.n * g.c_out * p];
+    if p == 0 {
+        return;
+    }
+    if parallel(y.len()) {
+        y.par_chunks_mut(p).enumerate().for_each(|(idx, yp)| plane(idx, yp));
+    } else {
+        y.chunks_mut(p).enumerate().for_each(|(idx, yp)| plane(idx, yp));
+    }
+}
+
+/// One input-gradient plane, accumulating. gy: (M, OH, OW) (the channel's M output planes);
+/// w: (M, KH, KW); dst: (S, H, ⌈W/S⌉) phase planes, or (H, W) when S == 1.
+#[inline(always)]
+fn backward_input_plane<T: Float>(g: &ConvGeom, gy: &[T], w: &[T], dst: &mut [T]) {
+    let Some((oh, ow)) = g.out_hw() else { return };
+    let s = g.stride.1;
+    let pw = g.w.div_ceil(s);
+    let kk = g.kh * g.kw;
+    for (j, gyp) in gy.chunks(oh * ow).enumerate() {
+        for kj in 0..g.kw {
+            // The scatter of tap column kj: output ox adds into input column ox·s + off.
+            let off = (kj * g.dilation.1) as isize - g.padding.1 as isize;
+            let (lo, hi) = valid(ow, g.w, s, off);
+            if hi == lo {
+                continue;
+            }
+            let a = (lo as isize * s as isize + off) as usize;
+            let (r, q) = (a % s, a / s);
+            for ki in 0..g.kh {
+                let wv = w[j * kk + ki * g.kw + kj];
+                for oy in 0..oh {
+                    let iy = (oy * g.stride.0 + ki * g.dilation.0) as isize - g.padding.0 as isize;
+                    if iy < 0 || iy >= g.h as isize {
+                        continue;
+                    }
+                    let base = (r * g.h + iy as usize) * pw + q;
+                    axpy(&mut dst[base..base + (hi - lo)], wv, &gyp[oy * ow + lo..oy * ow + hi]);
+                }
+            }
+        }
+    }
+}
+
+/// gx = d(conv)/dx · gy for depthwise `g`. gy: (N, C_out, OH, OW); w: (C_out, 1, KH, KW);
+/// gx: (N, C_in, H, W) (overwritten).
+pub fn backward_input<T: Float>(g: &ConvGeom, gy: &[T], w: &[T], gx: &mut [T]) {
+    let Some((oh, ow)) = g.out_hw() else { return };
+    let m = g.c_out / g.groups;
+    let (p, hw, kk) = (oh * ow, g.h * g.w, g.kh * g.kw);
+    let s = g.stride.1;
+    let scratch = if s > 1 { s * g.h * g.w.div_ceil(s) } else { 0 };
+    let plane = |idx: usize, gxp: &mut [T]| {
+        let (i, c) = (idx / g.c_in, idx % g.c_in);
+        let gyp = &gy[(i * g.c_out + c * m) * p..][..m * p];
+        let wk = &w[c * m * kk..(c + 1) * m * kk];
+        gxp.iter_mut().for_each(|v| *v = T::zero());
+        if s == 1 {
+            backward_input_plane_best(g, gyp, wk, gxp);
+        } else {
+            // Strided scatters become contiguous in phase planes; interleave them back after.
+            T::with_scratch(scratch, |ph| {
+                ph.iter_mut().for_each(|v| *v = T::zero());
+                backward_input_plane_best(g, gyp, wk, ph);
+                interleave_add(ph, g.h, g.w, s, gxp);
+            });
+        }
+    };
+    let gx = &mut gx[..g.n * g.c_in * hw];
+    if hw == 0 {
+        return;
+    }
+    if parallel(gx.len().max(g.n * g.c_out * p)) {
+        gx.par_chunks_mut(hw).enumerate().for_each(|(idx, gxp)| plane(idx, gxp));
+    } else {
+        gx.chunks_mut(hw).enumerate().for_each(|(idx, gxp)| plane(idx, gxp));
+    }
+}
+
+/// Accumulates one image's weight gradient of one output channel. x: (H, W) (the input
+/// channel); gy: (OH, OW); gw: (KH, KW); phases: (S, H, ⌈W/S⌉) scratch when S > 1.
+#[inline(always)]
+fn backward_weight_plane<T: Float>(g: &ConvGeom, x: &[T], gy: &[T], gw: &mut [T], phases: &mut [T]) {
+    let Some((oh, ow)) = g.out_hw() else { return };
+    let s = g.stride.1;
+    let (src, pw): (&[T], usize) = if s == 1 {
+        (x, g.w)
+    } else {
+        deinterleave(x, g.h, g.w, s, phases);
+        (phases, g.w.div_ceil(s))
+    };
+    for kj in 0..g.kw {
+        let off = (kj * g.dilation.1) as isize - g.padding.1 as isize;
+        let (lo, hi) = valid(ow, g.w, s, off);
+        if hi == lo {
+            continue;
+        }
+        let a = (lo as isize * s as isize + off) as usize;
+        let (r, q) = (a % s, a / s);
+        for ki in 0..g.kh {
+            let mut sum = T::zero();
+            for oy in 0..oh {
+                let iy = (oy * g.stride.0 + ki * g.dilation.0) as isize - g.padding.0 as isize;
+                if iy < 0 || iy >= g.h as isize {
+                    continue;
+                }
+                let base = (r * g.h + iy as usize) * pw + q;
+                sum += dot(&gy[oy * ow + lo..oy * ow + hi], &src[base..base + (hi - lo)]);
+            }
+            gw[ki * g.kw + kj] += sum;
+        }
+    }
+}
+
+/// gw = d(conv)/dw · gy for depthwise `g`, summed over the batch. x: (N, C_in, H, W);
+/// gy: (N, C_out, OH, OW); gw: (C_out, 1, KH, KW) (overwritten).
+pub fn backward_weight<T: Float>(g: &ConvGeom, x: &[T], gy: &[T], gw: &mut [T]) {
+    let Some((oh, ow)) = g.out_hw() else { return };
+    let m = g.c_out / g.groups;
+    let (p, hw, kk) = (oh * ow, g.h * g.w, g.kh * g.kw);
+    let s = g.stride.1;
+    let scratch = if s > 1 { s * g.h * g.w.div_ceil(s) } else { 0 };
+    let chan = |co: usize, gwc: &mut [T]| {
+        gwc.iter_mut().for_each(|v| *v = T::zero());
+        T::with_scratch(scratch, |ph| {
+            for i in 0..g.n {
+                let xp = &x[(i * g.c_in + co / m) * hw..][..hw];
+                let gyp = &gy[(i * g.c_out + co) * p..][..p];
+                backward_weight_plane_best(g, xp, gyp, gwc, ph);
+            }
+        });
+    };
+    let gw = &mut gw[..g.c_out * kk];
+    if kk == 0 {
+        return;
+    }
+    if parallel(g.n * g.c_out * p) {
+        gw.par_chunks_mut(kk).enumerate().for_each(|(co, gwc)| chan(co, gwc));
+    } else {
+        gw.chunks_mut(kk).enumerate().for_each(|(co, gwc)| chan(co, gwc));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::reference;
+    use proptest::prelude::*;
+
+    fn rand_vec(n: usize, seed: &mut u64) -> Vec<f64> {
+        (0..n)
+            .map(|_| {
+                *seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                ((*seed >> 33) as f64 / (1u64 << 31) as f64) - 0.5
+            })
+            .collect()
+    }
+
+    fn close(a: &[f64], e: &[f64]) -> Result<(), String> {
+        for (k, (a, e)) in a.iter().zip(e).enumerate() {
+            if (a - e).abs() > 1e-5 * e.abs().max(1.0) {
+                return Err(format!("at {k}: {a} vs {e}"));
+            }
+        }
+        Ok(())
+    }
+
+    fn depthwise_strategy() -> impl Strategy<Value = ConvGeom> {
+        (1usize..4, 1usize..13, 1usize..3, 1usize..21, 1usize..21, 1usize..6, 1usize..6, 1usize..4, 1usize..4, 0usize..3, 1usize..3)
+            .prop_map(|(n, c, mult, h, w, kh, kw, sh, sw, p, d)| ConvGeom {
+                n,
+                c_in: c,
+                h,
+                w,
+                c_out: c * mult,
+                kh,
+                kw,
+                stride: (sh, sw),
+                padding: (p, p),
+                dilation: (d, 3 - d),
+                groups: c,
+            })
+            .prop_filter("kernel must fit", |g| g.out_hw().is_some())
+    }
+
+    fn check(g: &ConvGeom, seed: u64) -> Result<(), String> {
+        let mut s = seed;
+        let (oh, ow) = g.out_hw().ok_or("no output")?;
+        let x = rand_vec(g.n * g.c_in * g.h * g.w, &mut s);
+        let w = rand_vec(g.c_out * g.kh * g.kw, &mut s);
+        let b = rand_vec(g.c_out, &mut s);
+        let gy = rand_vec(g.n * g.c_out * oh * ow, &mut s);
+        let mut y = vec![7.0; gy.len()];
+        forward(g, &x, &w, Some(&b), &mut y);
+        close(&y, &reference::conv2d_naive(g, &x, &w, Some(&b))).map_err(|e| format!("fwd {e}"))?;
+        let (gx_want, gw_want) = reference::conv2d_backward_naive(g, &x, &w, &gy);
+        let mut gx = vec![7.0; x.len()];
+        backward_input(g, &gy, &w, &mut gx);
+        close(&gx, &gx_want).map_err(|e| format!("gx {e}"))?;
+        let mut gw = vec![7.0; w.len()];
+        backward_weight(g, &x, &gy, &mut gw);
+        close(&gw, &gw_want).map_err(|e| format!("gw {e}"))
+    }
+
+    /// Large enough to take the parallel paths, with a multiplier and stride 2.
+    #[test]
+    fn parallel_paths_match_naive() {
+        for (stride, mult) in [(1, 1), (2, 2)] {
+            let g = ConvGeom {
+                n: 2,
+                c_in: 8,
+                h: 45,
+                w: 47,
+                c_out: 8 * mult,
+                kh: 3,
+                kw: 3,
+                stride: (stride, stride),
+                padding: (1, 1),
+                dilation: (1, 1),
+                groups: 8,
+            };
+            if let Err(e) = check(&g, 11) {
+                panic!("{g:?}: {e}");
+            }
+        }
+    }
+
+    #[test]
+    fn f32_matches_f64() {
+        let g =
+            ConvGeom { n: 1, c_in: 4, h: 9, w: 11, c_out: 4, kh: 5, kw: 5, stride: (2, 2), padding: (2, 2), dilation: (1, 1), groups: 4 };
+        let mut s = 3;
+        let (oh, ow) = g.out_hw().unwrap_or((0, 0));
+        let x = rand_vec(g.n * g.c_in * g.h * g.w, &mut s);
+        let w = rand_vec(g.c_out * 25, &mut s);
+        let mut y = vec![0.0; g.c_out * oh * ow];
+        forward(&g, &x, &w, None, &mut y);
+        let xf: Vec<f32> = x.iter().map(|&v| v as f32).collect();
+        let wf: Vec<f32> = w.iter().map(|&v| v as f32).collect();
+        let mut yf = vec![0f32; y.len()];
+        forward(&g, &xf, &wf, None, &mut yf);
+        let yd: Vec<f64> = yf.iter().map(|&v| v as f64).collect();
+        assert_eq!(close(&yd, &y), Ok(()));
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(200))]
+        #[test]
+        fn depthwise_kernels_match_naive(g in depthwise_strategy(), seed in 0u64..10_000) {
+            prop_assert_eq!(check(&g, seed), Ok(()), "{:?}", g);
+        }
+    }
+}
