@@ -70,6 +70,17 @@ pub fn map<T: Copy + Send + Sync, U: Copy + Send + Sync>(x: &[T], f: impl Fn(T) 
     })
 }
 
+/// x[i] = f(x[i]) in place, in parallel chunks, each vectorised for the best ISA.
+pub fn map_in_place<T: Copy + Send + Sync>(x: &mut [T], f: impl Fn(T) -> T + Sync + Send) {
+    use rayon::prelude::*;
+    let run = |c: &mut [T]| with_best_isa(|| c.iter_mut().for_each(|v| *v = f(*v)));
+    if x.len() >= 2 * CHUNK {
+        x.par_chunks_mut(CHUNK).for_each(run);
+    } else {
+        run(x);
+    }
+}
+
 /// out[i] = f(a[i], b[i]), in parallel chunks, each vectorised for the best ISA.
 pub fn zip<T: Copy + Send + Sync, U: Copy + Send + Sync>(a: &[T], b: &[T], f: impl Fn(T, T) -> U + Sync + Send) -> Vec<U> {
     let n = a.len().min(b.len());

@@ -165,17 +165,15 @@ fn apply_in_place(act: InPlace, t: &Tensor) -> Result<bool> {
     if t.dtype() != DType::F32 || !t.is_contiguous() {
         return Ok(false);
     }
+    // Selects, not branches, so the loops vectorise; NaN fails both tests and stays.
     t.update_data(|d: &mut [f32]| match act {
-        InPlace::Relu => d.iter_mut().for_each(|v| {
-            if *v < 0.0 {
-                *v = 0.0
-            }
-        }),
-        InPlace::Clip(lo, hi) => d.iter_mut().for_each(|v| {
-            if *v < lo {
-                *v = lo
-            } else if *v > hi {
-                *v = hi
+        InPlace::Relu => cnnkit_kernels::simd::map_in_place(d, |v| if v < 0.0 { 0.0 } else { v }),
+        InPlace::Clip(lo, hi) => cnnkit_kernels::simd::map_in_place(d, move |v| {
+            let v = if v < lo { lo } else { v };
+            if v > hi {
+                hi
+            } else {
+                v
             }
         }),
     })?;
