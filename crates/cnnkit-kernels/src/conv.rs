@@ -163,6 +163,9 @@ fn over_batch<T: Float>(n: usize, out: &mut [T], per: usize, f: impl Fn(usize, &
 
 /// y = conv(x, w) + b. x: (N, C_in, H, W); w: (C_out, C_in/G, KH, KW); b: (C_out); y: (N, C_out, OH, OW).
 pub fn conv2d_forward<T: Float>(g: &ConvGeom, x: &[T], w: &[T], b: Option<&[T]>, y: &mut [T]) {
+    if crate::winograd::applies(g) {
+        return crate::winograd::forward(g, x, w, b, y);
+    }
     let (oh, ow) = g.oh_ow();
     let p = oh * ow;
     let kr = g.col_rows();
