@@ -174,6 +174,9 @@ pub fn conv2d_forward<T: Float>(g: &ConvGeom, x: &[T], w: &[T], b: Option<&[T]>,
     if depthwise::applies(g) {
         return depthwise::forward(g, x, w, b, y);
     }
+    if crate::winograd::applies(g) {
+        return crate::winograd::forward(g, x, w, b, y);
+    }
     let (oh, ow) = g.oh_ow();
     let p = oh * ow;
     let kr = g.col_rows();

@@ -10,6 +10,7 @@ pub mod matmul;
 pub mod pool;
 pub mod reference;
 pub mod simd;
+pub mod winograd;
 
 /// The float types the compute kernels run on: f32 (default) and f64 (gradchecks).
 pub trait Float:
