@@ -379,49 +379,67 @@ fn batch_norm_backward<T: FloatElem>(
     g: &Tensor,
     out: &mut Vec<(Tensor, Tensor)>,
 ) -> Result<()> {
+    use rayon::prelude::*;
     let (n, c) = (x.shape()[0], x.shape()[1]);
     let sp: usize = x.shape()[2..].iter().product();
     let m = (n * sp) as f64;
-    let (xv, gv) = (x.to_vec::<T>()?, g.to_vec::<T>()?);
+    // Contiguous copies only when needed; gradients stay keyed by the original `x`.
+    let (xc, gc) = (x.contiguous()?, g.contiguous()?);
     let wv = w.map(|w| w.to_f64_vec()).transpose()?;
-    // Per channel: Σg and Σg·x̂, where x̂ = (x − mean)·invstd.
-    let mut sum_g = vec![0.0f64; c];
-    let mut sum_gx = vec![0.0f64; c];
-    for i in 0..n {
-        for ch in 0..c {
-            let base = (i * c + ch) * sp;
-            for k in base..base + sp {
-                let gg = gv[k].as_f64();
-                sum_g[ch] += gg;
-                sum_gx[ch] += gg * (xv[k].as_f64() - mean[ch]) * invstd[ch];
+    xc.with_data(|xv: &[T]| {
+        gc.with_data(|gv: &[T]| -> Result<()> {
+            // Per channel, in parallel: Σg and Σg·x̂ with x̂ = (x − mean)·invstd, accumulated in f64.
+            let sums: Vec<(f64, f64)> = (0..c)
+                .into_par_iter()
+                .map(|ch| {
+                    let (mut sg, mut sgx) = (0.0f64, 0.0f64);
+                    for i in 0..n {
+                        let r = (i * c + ch) * sp..(i * c + ch + 1) * sp;
+                        for (&gg, &xx) in gv[r.clone()].iter().zip(&xv[r]) {
+                            let gg = gg.as_f64();
+                            sg += gg;
+                            sgx += gg * (xx.as_f64() - mean[ch]);
+                        }
+                    }
+                    (sg, sgx * invstd[ch])
+                })
+                .collect();
+            if x.requires_grad() {
+                // gx = k1·g + k2·x + k3 per channel: the training-mode formula
+                // w·invstd·(g − Σg/m − x̂·Σg·x̂/m) with its per-channel constants folded in f64.
+                let k: Vec<(T, T, T)> = (0..c)
+                    .map(|ch| {
+                        let wc = wv.as_ref().map_or(1.0, |w| w[ch]);
+                        let (sg, sgx) = sums[ch];
+                        let k1 = wc * invstd[ch];
+                        if training {
+                            let k2 = -k1 * invstd[ch] * sgx / m;
+                            let k3 = -k1 * sg / m - k2 * mean[ch];
+                            (T::of_f64(k1), T::of_f64(k2), T::of_f64(k3))
+                        } else {
+                            (T::of_f64(k1), T::zero(), T::zero())
+                        }
+                    })
+                    .collect();
+                let mut gx = vec![T::zero(); xv.len()];
+                gx.par_chunks_mut(sp.max(1)).enumerate().for_each(|(p, o)| {
+                    let (k1, k2, k3) = k[p % c];
+                    let r = p * sp..(p + 1) * sp;
+                    cnnkit_kernels::simd::with_best_isa(|| {
+                        o.iter_mut().zip(&gv[r.clone()]).zip(&xv[r]).for_each(|((o, &gg), &xx)| *o = k1 * gg + k2 * xx + k3)
+                    });
+                });
+                out.push((x.clone(), vec_t(gx, x.shape())?));
             }
-        }
-    }
-    if x.requires_grad() {
-        let mut gx = vec![T::zero(); xv.len()];
-        for i in 0..n {
-            for ch in 0..c {
-                let wc = wv.as_ref().map_or(1.0, |w| w[ch]);
-                let base = (i * c + ch) * sp;
-                for k in base..base + sp {
-                    let gg = gv[k].as_f64();
-                    let v = if training {
-                        let xh = (xv[k].as_f64() - mean[ch]) * invstd[ch];
-                        wc * invstd[ch] * (gg - sum_g[ch] / m - xh * sum_gx[ch] / m)
-                    } else {
-                        wc * invstd[ch] * gg
-                    };
-                    gx[k] = T::of_f64(v);
-                }
+            let (sum_g, sum_gx): (Vec<f64>, Vec<f64>) = sums.into_iter().unzip();
+            if let Some(w) = w.filter(|w| w.requires_grad()) {
+                out.push((w.clone(), vec_t(sum_gx.iter().map(|&v| T::of_f64(v)).collect::<Vec<T>>(), w.shape())?));
             }
-        }
-        out.push((x.clone(), vec_t(gx, x.shape())?));
-    }
-    if let Some(w) = w.filter(|w| w.requires_grad()) {
-        out.push((w.clone(), vec_t(sum_gx.iter().map(|&v| T::of_f64(v)).collect::<Vec<T>>(), w.shape())?));
-    }
-    if let Some(b) = b.filter(|b| b.requires_grad()) {
-        out.push((b.clone(), vec_t(sum_g.iter().map(|&v| T::of_f64(v)).collect::<Vec<T>>(), b.shape())?));
-    }
+            if let Some(b) = b.filter(|b| b.requires_grad()) {
+                out.push((b.clone(), vec_t(sum_g.iter().map(|&v| T::of_f64(v)).collect::<Vec<T>>(), b.shape())?));
+            }
+            Ok(())
+        })
+    })???;
     Ok(())
 }
