@@ -197,6 +197,9 @@ pub fn conv2d_forward<T: Float>(g: &ConvGeom, x: &[T], w: &[T], b: Option<&[T]>,
 
 /// gx = d(conv)/dx · gy. gy: (N, C_out, OH, OW); w as in forward; gx: (N, C_in, H, W) (overwritten).
 pub fn conv2d_backward_input<T: Float>(g: &ConvGeom, gy: &[T], w: &[T], gx: &mut [T]) {
+    if crate::winograd::applies(g) {
+        return crate::winograd::backward_input(g, gy, w, gx);
+    }
     let (oh, ow) = g.oh_ow();
     let p = oh * ow;
     let kr = g.col_rows();

@@ -127,6 +127,26 @@ pub fn forward<T: Float>(g: &ConvGeom, x: &[T], w: &[T], b: Option<&[T]>, y: &mu
     }
 }
 
+/// gx = d(conv)/dx · gy for convolutions where [`applies`] holds, by Winograd: the input
+/// gradient of a 3×3 stride-1 pad-p convolution is a 3×3 stride-1 pad-(2 − p) convolution of
+/// gy with the filters rotated 180° and C_in / C_out swapped.
+/// gy: (N, C_out, OH, OW); w: (C_out, C_in, 3, 3); gx: (N, C_in, H, W) (overwritten).
+pub fn backward_input<T: Float>(g: &ConvGeom, gy: &[T], w: &[T], gx: &mut [T]) {
+    let (oh, ow) = g.out_hw().expect("ConvGeom checked by caller");
+    let gt = ConvGeom { n: g.n, c_in: g.c_out, h: oh, w: ow, c_out: g.c_in, padding: (2 - g.padding.0, 2 - g.padding.1), ..*g };
+    // wt[ci][co][ki][kj] = w[co][ci][2 − ki][2 − kj]: (C_in, C_out, 3, 3).
+    let mut wt = vec![T::zero(); g.c_in * g.c_out * 9];
+    for (ci, dst) in wt.chunks_exact_mut(g.c_out * 9).enumerate() {
+        for (co, f) in dst.chunks_exact_mut(9).enumerate() {
+            let src = &w[(co * g.c_in + ci) * 9..][..9];
+            for (k, v) in f.iter_mut().enumerate() {
+                *v = src[8 - k];
+            }
+        }
+    }
+    forward(&gt, gy, &wt, None, gx);
+}
+
 /// y's base pointer, shared by the blocks. Each output pixel (n, co, oy, ox) belongs to the
 /// one tile row (n, oy / 4) and each tile row to exactly one block, so the row slices that
 /// blocks create from it never overlap.
@@ -499,6 +519,21 @@ mod tests {
         // Measured: 6.1e-5 absolute = 9.1e-6 of max |y| (4.4e-5 of the rms), 16× the f32
         // direct path's 3.8e-6. The bound leaves room for other seeds and summation orders.
         assert!(ew / ymax <= 1.5e-5, "winograd error {:.3e} of the output max", ew / ymax);
+    }
+
+    #[test]
+    fn backward_input_matches_naive() {
+        for &(p, h, w) in &[(0usize, 9usize, 7usize), (1, 10, 13), (2, 6, 5)] {
+            let g = geom(2, 17, 18, h, w, (p, p));
+            let (oh, ow) = g.out_hw().unwrap();
+            let mut s = 7 + p as u64;
+            let (x, wt, gy) = (uniform(2 * 17 * h * w, &mut s), uniform(18 * 17 * 9, &mut s), uniform(2 * 18 * oh * ow, &mut s));
+            let (want, _) = reference::conv2d_backward_naive(&g, &x, &wt, &gy);
+            let mut gx = vec![f64::NAN; x.len()];
+            backward_input(&g, &gy, &wt, &mut gx);
+            let e = gx.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0.0, f64::max);
+            assert!(e < 1e-12, "pad {p}: {e}");
+        }
     }
 
     proptest! {
