@@ -216,6 +216,9 @@ pub fn conv2d_backward_input<T: Float>(g: &ConvGeom, gy: &[T], w: &[T], gx: &mut
     if depthwise::applies(g) {
         return depthwise::backward_input(g, gy, w, gx);
     }
+    if crate::winograd::applies(g) {
+        return crate::winograd::backward_input(g, gy, w, gx);
+    }
     let (oh, ow) = g.oh_ow();
     let p = oh * ow;
     let kr = g.col_rows();

@@ -46,9 +46,20 @@ const MIN_TILES: usize = 128;
 /// Smallest channel count for which Winograd is used (see [`applies`]).
 const MIN_CHANNELS: usize = 16;
 
+/// Fewest tiles (over the whole batch) for which Winograd is used. The weight transform and
+/// the U matrices (4× the filter bytes, re-read by every block) are per call, so they must be
+/// spread over enough tiles. Measured against im2col + GEMM (2 threads): 49 tiles (1×128×28×28)
+/// 1.4× faster; 32 tiles (8×512×7×7) 1.5× slower, 16 tiles (1×256×14×14) 2.2× slower.
+const MIN_BATCH_TILES: usize = 48;
+/// Largest U (36·C_in·C_out elements) for which Winograd is used: 4 Mi elements = 16 MiB of
+/// f32. Measured: 512 → 512 channels (37 MiB of U) at 1×7×7 took 20× longer than im2col, its U
+/// allocation alone faulting in ~9,000 fresh pages per call.
+const MAX_U: usize = 4 << 20;
+
 /// True when `g` is a convolution this module handles and where it beats im2col + GEMM:
 /// 3×3, stride 1, dilation 1, one group, padding ≤ 2, at least [`MIN_CHANNELS`] input and
-/// output channels (below that the transforms, not the GEMMs, dominate) and 16 output pixels.
+/// output channels (below that the transforms, not the GEMMs, dominate), at least
+/// [`MIN_BATCH_TILES`] 4×4 output tiles over the batch and a U of at most [`MAX_U`] elements.
 pub fn applies(g: &ConvGeom) -> bool {
     let Some((oh, ow)) = g.out_hw() else { return false };
     g.kh == 3
@@ -60,11 +71,8 @@ pub fn applies(g: &ConvGeom) -> bool {
         && g.padding.1 <= 2
         && g.c_in >= MIN_CHANNELS
         && g.c_out >= MIN_CHANNELS
-        && oh * ow >= 16
-        // The weight transform (36·C_out·C_in values per call) must be paid back by enough
-        // output pixels: measured at batch 1, 56²×64 and 28²×128 win (3×, 1.4×), 14²×256 and
-        // 7²×512 lose (2×, 12×) to im2col + GEMM.
-        && g.n * oh * ow >= 4 * g.c_in.max(g.c_out)
+        && g.n * oh.div_ceil(M_T) * ow.div_ceil(M_T) >= MIN_BATCH_TILES
+        && NXI * g.c_in * g.c_out <= MAX_U
 }
 
 /// y = conv(x, w) + b by Winograd F(4×4, 3×3). x: (N, C_in, H, W); w: (C_out, C_in, 3, 3);
@@ -129,6 +137,26 @@ pub fn forward<T: Float>(g: &ConvGeom, x: &[T], w: &[T], b: Option<&[T]>, y: &mu
             (0..nblk).into_par_iter().for_each(|bi| block(bi, false));
         }
     }
+}
+
+/// gx = d(conv)/dx · gy for convolutions where [`applies`] holds, by Winograd: the input
+/// gradient of a 3×3 stride-1 pad-p convolution is a 3×3 stride-1 pad-(2 − p) convolution of
+/// gy with the filters rotated 180° and C_in / C_out swapped.
+/// gy: (N, C_out, OH, OW); w: (C_out, C_in, 3, 3); gx: (N, C_in, H, W) (overwritten).
+pub fn backward_input<T: Float>(g: &ConvGeom, gy: &[T], w: &[T], gx: &mut [T]) {
+    let (oh, ow) = g.out_hw().expect("ConvGeom checked by caller");
+    let gt = ConvGeom { n: g.n, c_in: g.c_out, h: oh, w: ow, c_out: g.c_in, padding: (2 - g.padding.0, 2 - g.padding.1), ..*g };
+    // wt[ci][co][ki][kj] = w[co][ci][2 − ki][2 − kj]: (C_in, C_out, 3, 3).
+    let mut wt = vec![T::zero(); g.c_in * g.c_out * 9];
+    for (ci, dst) in wt.chunks_exact_mut(g.c_out * 9).enumerate() {
+        for (co, f) in dst.chunks_exact_mut(9).enumerate() {
+            let src = &w[(co * g.c_in + ci) * 9..][..9];
+            for (k, v) in f.iter_mut().enumerate() {
+                *v = src[8 - k];
+            }
+        }
+    }
+    forward(&gt, gy, &wt, None, gx);
 }
 
 /// y's base pointer, shared by the blocks. Each output pixel (n, co, oy, ox) belongs to the
@@ -503,6 +531,21 @@ mod tests {
         // Measured: 6.1e-5 absolute = 9.1e-6 of max |y| (4.4e-5 of the rms), 16× the f32
         // direct path's 3.8e-6. The bound leaves room for other seeds and summation orders.
         assert!(ew / ymax <= 1.5e-5, "winograd error {:.3e} of the output max", ew / ymax);
+    }
+
+    #[test]
+    fn backward_input_matches_naive() {
+        for &(p, h, w) in &[(0usize, 9usize, 7usize), (1, 10, 13), (2, 6, 5)] {
+            let g = geom(2, 17, 18, h, w, (p, p));
+            let (oh, ow) = g.out_hw().unwrap();
+            let mut s = 7 + p as u64;
+            let (x, wt, gy) = (uniform(2 * 17 * h * w, &mut s), uniform(18 * 17 * 9, &mut s), uniform(2 * 18 * oh * ow, &mut s));
+            let (want, _) = reference::conv2d_backward_naive(&g, &x, &wt, &gy);
+            let mut gx = vec![f64::NAN; x.len()];
+            backward_input(&g, &gy, &wt, &mut gx);
+            let e = gx.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0.0, f64::max);
+            assert!(e < 1e-12, "pad {p}: {e}");
+        }
     }
 
     proptest! {
