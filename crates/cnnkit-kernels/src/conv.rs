@@ -184,6 +184,9 @@ pub fn conv2d_forward<T: Float>(g: &ConvGeom, x: &[T], w: &[T], b: Option<&[T]>,
     let x_img = g.c_in * g.h * g.w;
     let x_grp = (g.c_in / g.groups) * g.h * g.w;
     over_batch(g.n, y, g.c_out * p, |i, yi, par| {
+        if par && forward_banded(g, &x[i * x_img..(i + 1) * x_img], w, b, yi) {
+            return;
+        }
         T::with_scratch(if g.is_pointwise() { 0 } else { kr * p }, |cols| {
             for grp in 0..g.groups {
                 let xg = &x[i * x_img + grp * x_grp..i * x_img + (grp + 1) * x_grp];
@@ -204,6 +207,50 @@ pub fn conv2d_forward<T: Float>(g: &ConvGeom, x: &[T], w: &[T], b: Option<&[T]>,
             }
         }
     });
+}
+
+/// Cache-blocked forward of one image when the batch is too small to split over images: bands of
+/// output rows, each band's im2col (K, band) kept near L2 size and multiplied on its own thread
+/// (single-threaded GEMM), instead of one image-wide im2col (7 MiB for ResNet's 7×7 stem) and a
+/// GEMM split by the gemm crate. Returns false (doing nothing) when there are too few bands.
+/// x: (C_in, H, W); y: (C_out, OH, OW).
+fn forward_banded<T: Float>(g: &ConvGeom, x: &[T], w: &[T], b: Option<&[T]>, y: &mut [T]) -> bool {
+    let (oh, ow) = g.oh_ow();
+    let kr = g.col_rows();
+    if g.is_pointwise() || g.groups != 1 {
+        return false;
+    }
+    // ~256 KiB of f32 cols per band, but at least 128 output pixels for the GEMM's sake.
+    let rows = ((1usize << 16) / (kr * ow).max(1)).max(128usize.div_ceil(ow)).max(1);
+    let bands = oh.div_ceil(rows);
+    if bands < 2 * crate::num_threads() {
+        return false;
+    }
+    let p = oh * ow;
+    let wm = MatRef::row_major(w, g.c_out, kr);
+    let parts: Vec<Vec<T>> = (0..bands)
+        .into_par_iter()
+        .map(|bi| {
+            let (oy0, oy1) = (bi * rows, ((bi + 1) * rows).min(oh));
+            let n = (oy1 - oy0) * ow;
+            let mut out = vec![T::zero(); g.c_out * n];
+            T::with_scratch(kr * n, |cols| {
+                im2col_rows(g, x, oy0, oy1, cols);
+                gemm(wm, MatRef::row_major(cols, kr, n), &mut out, false, false);
+            });
+            out
+        })
+        .collect();
+    // Each band's (C_out, n) block goes to its columns of y, with the bias.
+    for (bi, part) in parts.iter().enumerate() {
+        let c0 = bi * rows * ow;
+        let n = part.len() / g.c_out;
+        for co in 0..g.c_out {
+            let bias = b.map_or(T::zero(), |b| b[co]);
+            y[co * p + c0..co * p + c0 + n].iter_mut().zip(&part[co * n..(co + 1) * n]).for_each(|(d, &v)| *d = v + bias);
+        }
+    }
+    true
 }
 
 /// Below this many output pixels per image, the input gradient batches images into one GEMM:
@@ -441,6 +488,40 @@ mod tests {
         conv2d_backward_weight(&g, &x, &gy, &mut gw);
         for (a, e) in gw.iter().zip(&gw_want) {
             assert!((a - e).abs() < 1e-9, "gw {a} vs {e}");
+        }
+    }
+
+    #[test]
+    fn banded_forward_matches_naive() {
+        // One image with many output rows and a small K (a ResNet-like stem): the banded path.
+        for (c_in, hw, k, s, pad, bias) in [(3, 96, 7, 2, 3, true), (4, 80, 3, 1, 1, false), (2, 200, 5, 2, 2, true)] {
+            let g = ConvGeom {
+                n: 1,
+                c_in,
+                h: hw,
+                w: hw + 3,
+                c_out: 6,
+                kh: k,
+                kw: k,
+                stride: (s, s),
+                padding: (pad, pad),
+                dilation: (1, 1),
+                groups: 1,
+            };
+            let (oh, ow) = g.out_hw().unwrap();
+            let rows = ((1usize << 16) / (g.col_rows() * ow)).max(128usize.div_ceil(ow));
+            assert!(oh.div_ceil(rows) >= 4, "{g:?} would not take the banded path");
+            let mut sd = 9;
+            let x = rand_vec(g.c_in * g.h * g.w, &mut sd);
+            let w = rand_vec(g.c_out * g.col_rows(), &mut sd);
+            let b = rand_vec(g.c_out, &mut sd);
+            let b = bias.then_some(&b[..]);
+            let want = reference::conv2d_naive(&g, &x, &w, b);
+            let mut y = vec![f64::NAN; want.len()];
+            assert!(forward_banded(&g, &x, &w, b, &mut y));
+            for (a, e) in y.iter().zip(&want) {
+                assert!((a - e).abs() < 1e-9, "{a} vs {e}");
+            }
         }
     }
 
