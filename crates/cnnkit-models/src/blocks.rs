@@ -284,6 +284,16 @@ pub fn init_weights(m: &dyn Module, conv: ConvInit, linear: LinearInit) -> Resul
     })
 }
 
+/// features → avgpool → flatten → classifier as graph nodes (AlexNet, VGG, MobileNet,
+/// EfficientNet describe their forward this way).
+pub fn pooled_classifier_graph(g: &mut GraphBuilder, parts: [(&str, &dyn Module); 3], x: &str) -> Result<String> {
+    let [(fname, features), (pname, avgpool), (cname, classifier)] = parts;
+    let h = g.module(fname, features, x)?;
+    let h = g.module(pname, avgpool, &h)?;
+    let h = g.node(GraphOp::Flatten { axis: 1 }, &[&h])?;
+    g.module(cname, classifier, &h)
+}
+
 /// Checks an input is (N, C, H, W) with the channel count the model was built for.
 pub fn check_input(model: &'static str, x: &Tensor, channels: usize) -> Result<()> {
     if x.ndim() != 4 || x.shape()[1] != channels {

@@ -145,10 +145,11 @@ impl Module for MobileNet {
         self.classifier.call(&self.features(x)?)
     }
     fn to_graph(&self, g: &mut GraphBuilder, x: &str) -> Result<String> {
-        let h = g.module("features", &self.features, x)?;
-        let h = g.module("avgpool", &self.avgpool, &h)?;
-        let h = g.node(GraphOp::Flatten { axis: 1 }, &[&h])?;
-        g.module("classifier", &self.classifier, &h)
+        crate::blocks::pooled_classifier_graph(
+            g,
+            [("features", &self.features), ("avgpool", &self.avgpool), ("classifier", &self.classifier)],
+            x,
+        )
     }
     fn children(&self) -> Vec<(String, &dyn Module)> {
         vec![("features".into(), &self.features as &dyn Module), ("avgpool".into(), &self.avgpool), ("classifier".into(), &self.classifier)]

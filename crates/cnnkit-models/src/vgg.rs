@@ -3,7 +3,7 @@
 
 use crate::blocks::{check_input, init_weights, ConvInit, LinearInit};
 use cnnkit_core::{Result, Tensor};
-use cnnkit_nn::graph::{GraphBuilder, GraphOp};
+use cnnkit_nn::graph::GraphBuilder;
 use cnnkit_nn::{AdaptiveAvgPool2d, BatchNorm2d, Conv2d, Conv2dConfig, Dropout, Linear, MaxPool2d, Module, ModuleExt, ReLU, Sequential};
 
 /// features → adaptive average pool to a fixed grid → flatten → classifier.
@@ -96,10 +96,11 @@ impl Module for FeaturesClassifier {
         self.classifier.call(&self.features(x)?)
     }
     fn to_graph(&self, g: &mut GraphBuilder, x: &str) -> Result<String> {
-        let h = g.module("features", &self.features, x)?;
-        let h = g.module("avgpool", &self.avgpool, &h)?;
-        let h = g.node(GraphOp::Flatten { axis: 1 }, &[&h])?;
-        g.module("classifier", &self.classifier, &h)
+        crate::blocks::pooled_classifier_graph(
+            g,
+            [("features", &self.features), ("avgpool", &self.avgpool), ("classifier", &self.classifier)],
+            x,
+        )
     }
     fn children(&self) -> Vec<(String, &dyn Module)> {
         vec![("features".into(), &self.features as &dyn Module), ("avgpool".into(), &self.avgpool), ("classifier".into(), &self.classifier)]

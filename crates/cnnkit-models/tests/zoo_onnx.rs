@@ -23,27 +23,4 @@ fn check(name: &str) {
     assert!(err <= 1e-4, "{name}: ONNX run differs from torchvision by {err:.2e}");
 }
 
-macro_rules! onnx_tests {
-    ($($t:ident),*) => { $( #[test] fn $t() { check(stringify!($t)); } )* };
-}
-
-onnx_tests!(
-    alexnet,
-    vgg11,
-    vgg11_bn,
-    vgg16,
-    vgg16_bn,
-    resnet18,
-    resnet34,
-    resnet50,
-    resnet101,
-    resnet18_cifar,
-    mobilenet_v2,
-    mobilenet_v3_small,
-    mobilenet_v3_large,
-    shufflenet_v2_x0_5,
-    shufflenet_v2_x1_0,
-    squeezenet1_1,
-    efficientnet_b0,
-    densenet121
-);
+zoo_tests!(check);

@@ -89,3 +89,14 @@ pub fn rel_err(a: &Tensor, b: &Tensor) -> f64 {
     let scale = b.iter().fold(0f64, |m, v| m.max(v.abs())).max(1e-12);
     a.iter().zip(&b).map(|(x, y)| (x - y).abs()).fold(0f64, f64::max) / scale
 }
+
+/// One #[test] per torchvision architecture with a fixture, each calling `$check(name)`.
+#[macro_export]
+macro_rules! zoo_tests {
+    ($check:ident) => {
+        $crate::zoo_tests!(@each $check; alexnet, vgg11, vgg11_bn, vgg16, vgg16_bn, resnet18, resnet34, resnet50, resnet101,
+            resnet18_cifar, mobilenet_v2, mobilenet_v3_small, mobilenet_v3_large, shufflenet_v2_x0_5, shufflenet_v2_x1_0,
+            squeezenet1_1, efficientnet_b0, densenet121);
+    };
+    (@each $check:ident; $($t:ident),*) => { $( #[test] fn $t() { $check(stringify!($t)); } )* };
+}
