@@ -353,6 +353,12 @@ pub fn backward_input<T: Float>(g: &ConvGeom, gy: &[T], w: &[T], gx: &mut [T]) {
         let (i, c) = (idx / g.c_in, idx % g.c_in);
         let gyp = &gy[(i * g.c_out + c * m) * p..][..m * p];
         let wk = &w[c * m * kk..(c + 1) * m * kk];
+        if m == 1 && is_3x3_s1_p1(g) {
+            // The input gradient of a 3×3/1 pad-1 conv is the same conv of gy with the kernel
+            // rotated 180°: reuse the register-blocked forward plane (it overwrites gxp).
+            let flipped: [T; 9] = std::array::from_fn(|k| wk[8 - k]);
+            return crate::simd::with_best_isa(|| forward_plane_3x3s1(g.h, g.w, gyp, &flipped, T::zero(), gxp));
+        }
         gxp.iter_mut().for_each(|v| *v = T::zero());
         if s == 1 {
             backward_input_plane_best(g, gyp, wk, gxp);
