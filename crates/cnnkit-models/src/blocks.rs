@@ -284,14 +284,52 @@ pub fn init_weights(m: &dyn Module, conv: ConvInit, linear: LinearInit) -> Resul
     })
 }
 
-/// features → avgpool → flatten → classifier as graph nodes (AlexNet, VGG, MobileNet,
-/// EfficientNet describe their forward this way).
-pub fn pooled_classifier_graph(g: &mut GraphBuilder, parts: [(&str, &dyn Module); 3], x: &str) -> Result<String> {
-    let [(fname, features), (pname, avgpool), (cname, classifier)] = parts;
-    let h = g.module(fname, features, x)?;
-    let h = g.module(pname, avgpool, &h)?;
-    let h = g.node(GraphOp::Flatten { axis: 1 }, &[&h])?;
-    g.module(cname, classifier, &h)
+/// features → adaptive average pool → flatten → classifier: the layout of torchvision's
+/// AlexNet, VGG, MobileNet and EfficientNet (constructors in vgg.rs, mobilenet.rs,
+/// efficientnet.rs). x: (N, C, H, W) → logits (N, num_classes).
+pub struct FeaturesClassifier {
+    pub features: Sequential,
+    pub avgpool: AdaptiveAvgPool2d,
+    pub classifier: Sequential,
+    name: &'static str,
+    in_channels: usize,
+}
+
+impl FeaturesClassifier {
+    /// `name` is the torchvision class name, used in errors and `describe`.
+    pub fn from_parts(
+        name: &'static str,
+        in_channels: usize,
+        features: Sequential,
+        avgpool: AdaptiveAvgPool2d,
+        classifier: Sequential,
+    ) -> Self {
+        FeaturesClassifier { features, avgpool, classifier, name, in_channels }
+    }
+
+    /// Flattened pooled features before the classifier: x (N, C, H, W) → (N, F).
+    pub fn features(&self, x: &Tensor) -> Result<Tensor> {
+        check_input(self.name, x, self.in_channels)?;
+        self.avgpool.call(&self.features.call(x)?)?.flatten(1, -1)
+    }
+}
+
+impl Module for FeaturesClassifier {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        self.classifier.call(&self.features(x)?)
+    }
+    fn to_graph(&self, g: &mut GraphBuilder, x: &str) -> Result<String> {
+        let h = g.module("features", &self.features, x)?;
+        let h = g.module("avgpool", &self.avgpool, &h)?;
+        let h = g.node(GraphOp::Flatten { axis: 1 }, &[&h])?;
+        g.module("classifier", &self.classifier, &h)
+    }
+    fn children(&self) -> Vec<(String, &dyn Module)> {
+        vec![("features".into(), &self.features as &dyn Module), ("avgpool".into(), &self.avgpool), ("classifier".into(), &self.classifier)]
+    }
+    fn describe(&self) -> String {
+        self.name.into()
+    }
 }
 
 /// Checks an input is (N, C, H, W) with the channel count the model was built for.

@@ -3,7 +3,7 @@
 //! residual) → 1×1 head conv → pool → dropout → Linear.
 
 use crate::blocks::{
-    bn_default, check_input, conv_norm_act, init_weights, make_divisible, Act, ConvInit, LinearInit, SqueezeExcitation, StochasticDepth,
+    bn_default, conv_norm_act, init_weights, make_divisible, Act, ConvInit, LinearInit, SqueezeExcitation, StochasticDepth,
 };
 use cnnkit_core::{Result, Tensor};
 use cnnkit_nn::graph::{GraphBuilder, GraphOp};
@@ -53,15 +53,11 @@ impl Module for MBConv {
     }
 }
 
-/// torchvision's `EfficientNet` (B0 configuration). x: (N, C, H, W) → logits (N, num_classes).
-pub struct EfficientNet {
-    pub features: Sequential,
-    pub avgpool: AdaptiveAvgPool2d,
-    pub classifier: Sequential,
-    in_channels: usize,
-}
+/// torchvision's `EfficientNet` (B0 configuration): features → pool → dropout + Linear.
+pub type EfficientNet = crate::blocks::FeaturesClassifier;
 
-impl EfficientNet {
+impl crate::blocks::FeaturesClassifier {
+    /// torchvision's `efficientnet_b0`. x: (N, C, H, W) → logits (N, num_classes).
     pub fn b0(in_channels: usize, num_classes: usize) -> Result<Self> {
         // (expand ratio, kernel, stride, in, out, layers): torchvision's _efficientnet_conf for
         // width and depth multipliers 1.0.
@@ -90,30 +86,8 @@ impl EfficientNet {
         }
         features.push(Box::new(conv_norm_act(320, 1280, 1, 1, 1, bn_default(), Act::Silu)?));
         let classifier = Sequential::new().add(Dropout::new(0.2)?).add(Linear::new(1280, num_classes)?);
-        let m = EfficientNet { features, avgpool: AdaptiveAvgPool2d::new((1, 1)), classifier, in_channels };
+        let m = EfficientNet::from_parts("EfficientNet", in_channels, features, AdaptiveAvgPool2d::new((1, 1)), classifier);
         init_weights(&m, ConvInit::KaimingNormalFanOut, LinearInit::UniformOut)?;
         Ok(m)
-    }
-
-    /// Pooled features: x (N, C, H, W) → (N, 1280).
-    pub fn features(&self, x: &Tensor) -> Result<Tensor> {
-        check_input("EfficientNet", x, self.in_channels)?;
-        self.avgpool.call(&self.features.call(x)?)?.flatten(1, -1)
-    }
-}
-
-impl Module for EfficientNet {
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        self.classifier.call(&self.features(x)?)
-    }
-    fn to_graph(&self, g: &mut GraphBuilder, x: &str) -> Result<String> {
-        crate::blocks::pooled_classifier_graph(
-            g,
-            [("features", &self.features), ("avgpool", &self.avgpool), ("classifier", &self.classifier)],
-            x,
-        )
-    }
-    fn children(&self) -> Vec<(String, &dyn Module)> {
-        vec![("features".into(), &self.features as &dyn Module), ("avgpool".into(), &self.avgpool), ("classifier".into(), &self.classifier)]
     }
 }

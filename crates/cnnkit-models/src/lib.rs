@@ -18,6 +18,7 @@ pub mod shufflenet;
 pub mod squeezenet;
 pub mod vgg;
 
+pub use blocks::FeaturesClassifier;
 pub use densenet::DenseNet;
 pub use efficientnet::EfficientNet;
 pub use mobilenet::MobileNet;
@@ -25,7 +26,6 @@ pub use resnet::{BlockKind, ResNet};
 pub use seed::{CifarCnn, LeNet5, SimpleCnn};
 pub use shufflenet::ShuffleNetV2;
 pub use squeezenet::SqueezeNet;
-pub use vgg::FeaturesClassifier;
 
 use cnnkit_core::{Error, Result};
 use cnnkit_nn::Module;

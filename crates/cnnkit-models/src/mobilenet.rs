@@ -4,9 +4,7 @@
 //! groups = channels.
 
 use crate::blocks::SqueezeExcitation;
-use crate::blocks::{
-    bn_default, check_input, conv_norm_act, conv_norm_act_dilated, init_weights, make_divisible, Act, ConvInit, LinearInit,
-};
+use crate::blocks::{bn_default, conv_norm_act, conv_norm_act_dilated, init_weights, make_divisible, Act, ConvInit, LinearInit};
 use cnnkit_core::{Result, Tensor};
 use cnnkit_nn::graph::{GraphBuilder, GraphOp};
 use cnnkit_nn::{
@@ -57,16 +55,10 @@ impl Module for InvertedResidual {
     }
 }
 
-/// features → global average pool → classifier. Shared by V2 and V3.
-pub struct MobileNet {
-    pub features: Sequential,
-    pub avgpool: AdaptiveAvgPool2d,
-    pub classifier: Sequential,
-    name: &'static str,
-    in_channels: usize,
-}
+/// torchvision's MobileNetV2 / V3: features → global average pool → classifier.
+pub type MobileNet = crate::blocks::FeaturesClassifier;
 
-impl MobileNet {
+impl crate::blocks::FeaturesClassifier {
     /// torchvision's `mobilenet_v2(width_mult=1.0)`; dropout 0.2 before the classifier.
     pub fn v2(in_channels: usize, num_classes: usize) -> Result<Self> {
         Self::v2_width(in_channels, num_classes, 1.0)
@@ -88,7 +80,7 @@ impl MobileNet {
         }
         features.push(Box::new(conv_norm_act(input_channel, last_channel, 1, 1, 1, bn_default(), Act::Relu6)?));
         let classifier = Sequential::new().add(Dropout::new(0.2)?).add(Linear::new(last_channel, num_classes)?);
-        let m = MobileNet { features, avgpool: AdaptiveAvgPool2d::new((1, 1)), classifier, name: "MobileNetV2", in_channels };
+        let m = MobileNet::from_parts("MobileNetV2", in_channels, features, AdaptiveAvgPool2d::new((1, 1)), classifier);
         init_weights(&m, ConvInit::KaimingNormalFanOut, LinearInit::Normal(0.01))?;
         Ok(m)
     }
@@ -128,34 +120,9 @@ impl MobileNet {
             .add(Dropout::new(0.2)?)
             .add(Linear::new(last_channel, num_classes)?);
         let name = if large { "MobileNetV3Large" } else { "MobileNetV3Small" };
-        let m = MobileNet { features, avgpool: AdaptiveAvgPool2d::new((1, 1)), classifier, name, in_channels };
+        let m = MobileNet::from_parts(name, in_channels, features, AdaptiveAvgPool2d::new((1, 1)), classifier);
         init_weights(&m, ConvInit::KaimingNormalFanOut, LinearInit::Normal(0.01))?;
         Ok(m)
-    }
-
-    /// Pooled features before the classifier: x (N, C, H, W) → (N, last conv channels).
-    pub fn features(&self, x: &Tensor) -> Result<Tensor> {
-        check_input(self.name, x, self.in_channels)?;
-        self.avgpool.call(&self.features.call(x)?)?.flatten(1, -1)
-    }
-}
-
-impl Module for MobileNet {
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        self.classifier.call(&self.features(x)?)
-    }
-    fn to_graph(&self, g: &mut GraphBuilder, x: &str) -> Result<String> {
-        crate::blocks::pooled_classifier_graph(
-            g,
-            [("features", &self.features), ("avgpool", &self.avgpool), ("classifier", &self.classifier)],
-            x,
-        )
-    }
-    fn children(&self) -> Vec<(String, &dyn Module)> {
-        vec![("features".into(), &self.features as &dyn Module), ("avgpool".into(), &self.avgpool), ("classifier".into(), &self.classifier)]
-    }
-    fn describe(&self) -> String {
-        self.name.into()
     }
 }
 

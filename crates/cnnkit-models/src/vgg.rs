@@ -1,20 +1,9 @@
 //! AlexNet (Krizhevsky et al. 2012, torchvision's one-GPU variant) and VGG (Simonyan &
 //! Zisserman 2015), with torchvision's `features` / `avgpool` / `classifier` layout.
 
-use crate::blocks::{check_input, init_weights, ConvInit, LinearInit};
-use cnnkit_core::{Result, Tensor};
-use cnnkit_nn::graph::GraphBuilder;
-use cnnkit_nn::{AdaptiveAvgPool2d, BatchNorm2d, Conv2d, Conv2dConfig, Dropout, Linear, MaxPool2d, Module, ModuleExt, ReLU, Sequential};
-
-/// features → adaptive average pool to a fixed grid → flatten → classifier.
-/// x: (N, C, H, W) → logits (N, num_classes).
-pub struct FeaturesClassifier {
-    pub features: Sequential,
-    pub avgpool: AdaptiveAvgPool2d,
-    pub classifier: Sequential,
-    name: &'static str,
-    in_channels: usize,
-}
+use crate::blocks::{init_weights, ConvInit, FeaturesClassifier, LinearInit};
+use cnnkit_core::Result;
+use cnnkit_nn::{AdaptiveAvgPool2d, BatchNorm2d, Conv2d, Conv2dConfig, Dropout, Linear, MaxPool2d, ReLU, Sequential};
 
 impl FeaturesClassifier {
     /// torchvision's `alexnet` (PyTorch's default init, dropout 0.5).
@@ -43,7 +32,7 @@ impl FeaturesClassifier {
             .add(Linear::new(4096, 4096)?)
             .add(ReLU::default())
             .add(Linear::new(4096, num_classes)?);
-        Ok(FeaturesClassifier { features, avgpool: AdaptiveAvgPool2d::new((6, 6)), classifier, name: "AlexNet", in_channels })
+        Ok(FeaturesClassifier::from_parts("AlexNet", in_channels, features, AdaptiveAvgPool2d::new((6, 6)), classifier))
     }
 
     /// torchvision's VGG: `depth` 11 (config A) or 16 (config D), optional BatchNorm after
@@ -79,33 +68,8 @@ impl FeaturesClassifier {
             .add(ReLU::default())
             .add(Dropout::new(0.5)?)
             .add(Linear::new(4096, num_classes)?);
-        let m = FeaturesClassifier { features, avgpool: AdaptiveAvgPool2d::new((7, 7)), classifier, name: "VGG", in_channels };
+        let m = FeaturesClassifier::from_parts("VGG", in_channels, features, AdaptiveAvgPool2d::new((7, 7)), classifier);
         init_weights(&m, ConvInit::KaimingNormalFanOut, LinearInit::Normal(0.01))?;
         Ok(m)
-    }
-
-    /// Flattened pooled features: x (N, C, H, W) → (N, 256·6·6 or 512·7·7).
-    pub fn features(&self, x: &Tensor) -> Result<Tensor> {
-        check_input(self.name, x, self.in_channels)?;
-        self.avgpool.call(&self.features.call(x)?)?.flatten(1, -1)
-    }
-}
-
-impl Module for FeaturesClassifier {
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        self.classifier.call(&self.features(x)?)
-    }
-    fn to_graph(&self, g: &mut GraphBuilder, x: &str) -> Result<String> {
-        crate::blocks::pooled_classifier_graph(
-            g,
-            [("features", &self.features), ("avgpool", &self.avgpool), ("classifier", &self.classifier)],
-            x,
-        )
-    }
-    fn children(&self) -> Vec<(String, &dyn Module)> {
-        vec![("features".into(), &self.features as &dyn Module), ("avgpool".into(), &self.avgpool), ("classifier".into(), &self.classifier)]
-    }
-    fn describe(&self) -> String {
-        self.name.into()
     }
 }
