@@ -141,15 +141,18 @@ impl ColTap {
     }
 }
 
+impl ColTap {
+    /// Tap column `kj` for an output row of `ow` columns.
+    fn new(g: &ConvGeom, ow: usize, kj: usize) -> Self {
+        let off = (kj * g.dilation.1) as isize - g.padding.1 as isize;
+        let (lo, hi) = valid(ow, g.w, g.stride.1, off);
+        ColTap { off, lo, hi }
+    }
+}
+
 /// The interior lo..hi (every kj tap in bounds) and each kj tap's own valid range.
 fn col_taps(g: &ConvGeom, ow: usize) -> (usize, usize, Vec<ColTap>) {
-    let taps: Vec<ColTap> = (0..g.kw)
-        .map(|kj| {
-            let off = (kj * g.dilation.1) as isize - g.padding.1 as isize;
-            let (lo, hi) = valid(ow, g.w, g.stride.1, off);
-            ColTap { off, lo, hi }
-        })
-        .collect();
+    let taps: Vec<ColTap> = (0..g.kw).map(|kj| ColTap::new(g, ow, kj)).collect();
     let lo = taps.iter().map(|t| t.lo).max().unwrap_or(0);
     let hi = taps.iter().map(|t| t.hi).min().unwrap_or(ow).max(lo);
     (lo, hi, taps)
@@ -319,13 +322,11 @@ fn backward_input_plane<T: Float>(g: &ConvGeom, gy: &[T], w: &[T], dst: &mut [T]
     for (j, gyp) in gy.chunks(oh * ow).enumerate() {
         for kj in 0..g.kw {
             // The scatter of tap column kj: output ox adds into input column ox·s + off.
-            let off = (kj * g.dilation.1) as isize - g.padding.1 as isize;
-            let (lo, hi) = valid(ow, g.w, s, off);
-            if hi == lo {
+            let t = ColTap::new(g, ow, kj);
+            if t.hi == t.lo {
                 continue;
             }
-            let a = (lo as isize * s as isize + off) as usize;
-            let (r, q) = (a % s, a / s);
+            let ((lo, hi), (r, q)) = ((t.lo, t.hi), t.start(t.lo, s));
             for ki in 0..g.kh {
                 let wv = w[j * kk + ki * g.kw + kj];
                 for oy in 0..oh {
@@ -395,13 +396,11 @@ fn backward_weight_plane<T: Float>(g: &ConvGeom, x: &[T], gy: &[T], gw: &mut [T]
         (phases, g.w.div_ceil(s))
     };
     for kj in 0..g.kw {
-        let off = (kj * g.dilation.1) as isize - g.padding.1 as isize;
-        let (lo, hi) = valid(ow, g.w, s, off);
-        if hi == lo {
+        let t = ColTap::new(g, ow, kj);
+        if t.hi == t.lo {
             continue;
         }
-        let a = (lo as isize * s as isize + off) as usize;
-        let (r, q) = (a % s, a / s);
+        let ((lo, hi), (r, q)) = ((t.lo, t.hi), t.start(t.lo, s));
         for ki in 0..g.kh {
             let mut sum = T::zero();
             for oy in 0..oh {
