@@ -166,13 +166,12 @@ fn prepare_finetune(
     }
     let head = cnnkit::models::head_name(&a.model)?;
     let path = f.weights.display().to_string();
-    // Freezing first checks --freeze before the (slower) weight loading.
+    // Freezing first checks --freeze before the (slower) weight loading; loading copies values
+    // and keeps requires_grad, so what was frozen stays frozen.
     let how: cnnkit::transfer::Freeze = f.freeze.parse()?;
-    cnnkit::transfer::freeze(model, head, &how)?;
+    let frozen = cnnkit::transfer::freeze(model, head, &how)?;
     let sd = cnnkit::io::load_state_dict_file(&f.weights)?;
     cnnkit::transfer::load_pretrained(model, sd, head).map_err(|e| Error::File { path: path.clone(), msg: e.to_string() })?;
-    // Again, now that the loaded weights are in place (loading keeps requires_grad).
-    let frozen = cnnkit::transfer::freeze(model, head, &how)?;
     eprintln!(
         "fine-tuning {} from {path}: new head '{head}' ({classes} classes), {} parameter tensors frozen, {} trained, {} BatchNorm layers keep their statistics",
         a.model,
