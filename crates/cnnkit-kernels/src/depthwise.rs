@@ -224,10 +224,12 @@ macro_rules! best_isa_fn {
     };
 }
 best_isa_fn!(backward_input_plane_best, backward_input_plane_avx2, backward_input_plane, (g: &ConvGeom, gy: &[T], w: &[T], dst: &mut [T]));
+best_isa_fn!(backward_weight_plane_3x3_best, backward_weight_plane_3x3_avx2, backward_weight_plane_3x3, (g: &ConvGeom, x: &[T], gy: &[T], gw: &mut [T], sc: &mut [T]));
+best_isa_fn!(forward_plane_3x3s1_best, forward_plane_3x3s1_avx2, forward_plane_3x3s1, (h: usize, wd: usize, x: &[T], w: &[T], bias: T, y: &mut [T], sc: &mut [T]));
+best_isa_fn!(forward_plane_3x3s2_best, forward_plane_3x3s2_avx2, forward_plane_3x3s2, (h: usize, wd: usize, x: &[T], w: &[T], bias: T, y: &mut [T], sc: &mut [T]));
+best_isa_fn!(backward_input_plane_3x3s2_best, backward_input_plane_3x3s2_avx2, backward_input_plane_3x3s2, (h: usize, wd: usize, gy: &[T], w: &[T], gx: &mut [T], sc: &mut [T]));
 best_isa_fn!(backward_weight_plane_best, backward_weight_plane_avx2, backward_weight_plane, (g: &ConvGeom, x: &[T], gy: &[T], gw: &mut [T], ph: &mut [T]));
 
-/// y = conv(x, w) + b for depthwise `g`. x: (N, C_in, H, W); w: (C_out, 1, KH, KW); b: (C_out);
-/// y: (N, C_out, OH, OW) (overwritten).
 /// The commonest depthwise shape (MobileNet, EfficientNet, ShuffleNet): 3×3, stride 1,
 /// padding 1, no dilation.
 fn is_3x3_s1_p1(g: &ConvGeom) -> bool {
@@ -236,9 +238,10 @@ fn is_3x3_s1_p1(g: &ConvGeom) -> bool {
 
 /// One 3×3/1 pad-1 plane with all nine taps accumulated in registers and one store per output
 /// (the generic path does one multiply-add pass over the output row per tap). Rows outside
-/// the image read a zero row. x: (H, W); w: (3, 3); y: (H, W).
-fn forward_plane_3x3s1<T: Float>(h: usize, wd: usize, x: &[T], w: &[T], bias: T, y: &mut [T]) {
-    T::with_scratch(wd, |zero| {
+/// the image read a zero row. x: (H, W); w: (3, 3); y: (H, W); zero: W scratch.
+#[inline(always)]
+fn forward_plane_3x3s1<T: Float>(h: usize, wd: usize, x: &[T], w: &[T], bias: T, y: &mut [T], zero: &mut [T]) {
+    {
         zero.iter_mut().for_each(|v| *v = T::zero());
         for oy in 0..h {
             let row = |iy: isize| -> &[T] {
@@ -279,9 +282,121 @@ fn forward_plane_3x3s1<T: Float>(h: usize, wd: usize, x: &[T], w: &[T], bias: T,
                     + (w2[0] * c[i] + w2[1] * c[i + 1] + w2[2] * c[i + 2]);
             }
         }
-    })
+    }
 }
 
+/// The MobileNet downsampling depthwise shape: 3×3, stride 2, padding 1, no dilation.
+fn is_3x3_s2_p1(g: &ConvGeom) -> bool {
+    g.kh == 3 && g.kw == 3 && g.stride == (2, 2) && g.padding == (1, 1) && g.dilation == (1, 1)
+}
+
+/// Splits one row into its even and odd columns: even[j] = src[2j], odd[j] = src[2j + 1],
+/// zero past the row's end. even, odd: ⌈W/2⌉ each.
+#[inline(always)]
+fn split_row<T: Float>(src: &[T], even: &mut [T], odd: &mut [T]) {
+    let pairs = src.len() / 2;
+    for ((e, o), p) in even.iter_mut().zip(odd.iter_mut()).zip(src.chunks_exact(2)).take(pairs) {
+        *e = p[0];
+        *o = p[1];
+    }
+    if src.len() % 2 == 1 {
+        even[pairs] = src[src.len() - 1];
+        odd[pairs] = T::zero();
+    }
+}
+
+/// One 3×3/2 pad-1 plane with all nine taps accumulated in registers. Input columns 2·ox − 1,
+/// 2·ox, 2·ox + 1 of output ox are odd[ox − 1], even[ox], odd[ox] of the split row, so every
+/// tap reads a contiguous slice. x: (H, W); w: (3, 3); y: (⌈H/2⌉, ⌈W/2⌉);
+/// scratch: 7·⌈W/2⌉ (three split rows and a zero row).
+#[inline(always)]
+fn forward_plane_3x3s2<T: Float>(h: usize, wd: usize, x: &[T], w: &[T], bias: T, y: &mut [T], scratch: &mut [T]) {
+    let (oh, ow) = (h.div_ceil(2), wd.div_ceil(2));
+    if ow == 0 {
+        return;
+    }
+    let (rows, zero) = scratch[..7 * ow].split_at_mut(6 * ow);
+    zero.iter_mut().for_each(|v| *v = T::zero());
+    for oy in 0..oh {
+        // Split input rows 2·oy − 1, 2·oy, 2·oy + 1 (row −1 and row H are the zero padding).
+        for (k, pair) in rows.chunks_exact_mut(2 * ow).enumerate() {
+            let iy = (2 * oy + k) as isize - 1;
+            let (e, o) = pair.split_at_mut(ow);
+            if iy < 0 || iy >= h as isize {
+                e.iter_mut().chain(o.iter_mut()).for_each(|v| *v = T::zero());
+            } else {
+                split_row(&x[iy as usize * wd..(iy as usize + 1) * wd], e, o);
+            }
+        }
+        let split = |k: usize| (&rows[2 * k * ow..(2 * k + 1) * ow], &rows[(2 * k + 1) * ow..(2 * k + 2) * ow]);
+        let ((e0, o0), (e1, o1), (e2, o2)) = (split(0), split(1), split(2));
+        let yr = &mut y[oy * ow..(oy + 1) * ow];
+        // Output 0: its left tap column is the padding.
+        yr[0] = bias + (w[1] * e0[0] + w[2] * o0[0]) + (w[4] * e1[0] + w[5] * o1[0]) + (w[7] * e2[0] + w[8] * o2[0]);
+        for i in 1..ow {
+            yr[i] = bias
+                + (w[0] * o0[i - 1] + w[1] * e0[i] + w[2] * o0[i])
+                + (w[3] * o1[i - 1] + w[4] * e1[i] + w[5] * o1[i])
+                + (w[6] * o2[i - 1] + w[7] * e2[i] + w[8] * o2[i]);
+        }
+    }
+}
+
+/// The input gradient of one 3×3/2 pad-1 plane (multiplier 1), as a gather: input (2i + a,
+/// 2j + b) receives gy taps only from outputs i, i + 1 (rows) and j, j + 1 (columns), so
+/// each of the four parities is a short fixed sum. gy: (OH, OW); w: (3, 3); gx: (H, W)
+/// (overwritten); scratch: 4·(OW + 1) (two zero-padded gy rows and the even/odd results).
+#[inline(always)]
+fn backward_input_plane_3x3s2<T: Float>(h: usize, wd: usize, gy: &[T], w: &[T], gx: &mut [T], scratch: &mut [T]) {
+    let (oh, ow) = (h.div_ceil(2), wd.div_ceil(2));
+    if ow == 0 {
+        return;
+    }
+    let (bufs, out) = scratch[..4 * (ow + 1)].split_at_mut(2 * (ow + 1));
+    let (a, b) = bufs.split_at_mut(ow + 1);
+    let (ev, od) = out.split_at_mut(ow + 1);
+    let half = wd / 2; // odd columns 2j + 1 < W
+    for i in 0..oh {
+        // a = gy row i, b = gy row i + 1, each with a zero past the end (column OW).
+        a[..ow].copy_from_slice(&gy[i * ow..(i + 1) * ow]);
+        a[ow] = T::zero();
+        if i + 1 < oh {
+            b[..ow].copy_from_slice(&gy[(i + 1) * ow..(i + 2) * ow]);
+        } else {
+            b[..ow].iter_mut().for_each(|v| *v = T::zero());
+        }
+        b[ow] = T::zero();
+        for (ry, r) in [(2 * i, 0usize), (2 * i + 1, 1)] {
+            if ry >= h {
+                break;
+            }
+            if r == 0 {
+                // Row 2i: only kernel row 1 (output row i).
+                for j in 0..ow {
+                    ev[j] = w[4] * a[j];
+                    od[j] = w[5] * a[j] + w[3] * a[j + 1];
+                }
+            } else {
+                // Row 2i + 1: kernel row 2 from output row i, kernel row 0 from row i + 1.
+                for j in 0..ow {
+                    ev[j] = w[7] * a[j] + w[1] * b[j];
+                    od[j] = (w[8] * a[j] + w[6] * a[j + 1]) + (w[2] * b[j] + w[0] * b[j + 1]);
+                }
+            }
+            let row = &mut gx[ry * wd..(ry + 1) * wd];
+            for ((p, &e), &o) in row.chunks_exact_mut(2).zip(&ev[..half]).zip(&od[..half]) {
+                p[0] = e;
+                p[1] = o;
+            }
+            if wd % 2 == 1 {
+                row[wd - 1] = ev[ow - 1];
+            }
+        }
+    }
+}
+
+/// y = conv(x, w) + b for depthwise `g`. x: (N, C_in, H, W); w: (C_out, 1, KH, KW); b: (C_out);
+/// y: (N, C_out, OH, OW) (overwritten).
 pub fn forward<T: Float>(g: &ConvGeom, x: &[T], w: &[T], b: Option<&[T]>, y: &mut [T]) {
     let Some((oh, ow)) = g.out_hw() else { return };
     let p = oh * ow;
@@ -294,7 +409,10 @@ pub fn forward<T: Float>(g: &ConvGeom, x: &[T], w: &[T], b: Option<&[T]>, y: &mu
         let wk = &w[co * kk..(co + 1) * kk];
         let bias = b.map_or(T::zero(), |b| b[co]);
         if is_3x3_s1_p1(g) {
-            return crate::simd::with_best_isa(|| forward_plane_3x3s1(g.h, g.w, xp, wk, bias, yp));
+            return T::with_scratch(g.w, |sc| forward_plane_3x3s1_best(g.h, g.w, xp, wk, bias, yp, sc));
+        }
+        if is_3x3_s2_p1(g) {
+            return T::with_scratch(7 * ow, |sc| forward_plane_3x3s2_best(g.h, g.w, xp, wk, bias, yp, sc));
         }
         // Baseline ISA on purpose (measured): acc_taps' 4×-unrolled AVX2 loops leave most of a
         // short row to the scalar epilogue and ran ~30% slower than SSE2 on 56-wide rows.
@@ -358,7 +476,10 @@ pub fn backward_input<T: Float>(g: &ConvGeom, gy: &[T], w: &[T], gx: &mut [T]) {
             // The input gradient of a 3×3/1 pad-1 conv is the same conv of gy with the kernel
             // rotated 180°: reuse the register-blocked forward plane (it overwrites gxp).
             let flipped: [T; 9] = std::array::from_fn(|k| wk[8 - k]);
-            return crate::simd::with_best_isa(|| forward_plane_3x3s1(g.h, g.w, gyp, &flipped, T::zero(), gxp));
+            return T::with_scratch(g.w, |sc| forward_plane_3x3s1_best(g.h, g.w, gyp, &flipped, T::zero(), gxp, sc));
+        }
+        if m == 1 && is_3x3_s2_p1(g) {
+            return T::with_scratch(4 * (ow + 1), |sc| backward_input_plane_3x3s2_best(g.h, g.w, gyp, wk, gxp, sc));
         }
         gxp.iter_mut().for_each(|v| *v = T::zero());
         if s == 1 {
@@ -416,6 +537,75 @@ fn backward_weight_plane<T: Float>(g: &ConvGeom, x: &[T], gy: &[T], gw: &mut [T]
     }
 }
 
+/// acc[k][l] += Σ gy[i]·src_k[i] over i ≡ l (mod LANES) for the three tap slices src_k (each
+/// at least gy.len() long), tail[k] += the same over the last gy.len() % LANES elements. The partial sums stay per lane across calls, so a plane's rows are
+/// reduced once at the end instead of once per row.
+#[inline(always)]
+fn dot3_lanes<T: Float>(gy: &[T], src: [&[T]; 3], acc: &mut [[T; LANES]; 3], tail: &mut [T; 3]) {
+    let n = gy.len();
+    let (a, b, c) = (&src[0][..n], &src[1][..n], &src[2][..n]);
+    // Local copies, so LLVM keeps the lanes in registers (three &mut into one array defeat
+    // its alias analysis and leave the loop scalar).
+    let [mut pa, mut pb, mut pc] = *acc;
+    let (mut cg, mut ca, mut cb, mut cc) = (gy.chunks_exact(LANES), a.chunks_exact(LANES), b.chunks_exact(LANES), c.chunks_exact(LANES));
+    for (((g, a), b), c) in (&mut cg).zip(&mut ca).zip(&mut cb).zip(&mut cc) {
+        for l in 0..LANES {
+            pa[l] += g[l] * a[l];
+            pb[l] += g[l] * b[l];
+            pc[l] += g[l] * c[l];
+        }
+    }
+    *acc = [pa, pb, pc];
+    // The tail goes to separate sums: indexing the lanes by a loop variable here would keep
+    // them in memory for the whole loop above.
+    for (((&g, &a), &b), &c) in cg.remainder().iter().zip(ca.remainder()).zip(cb.remainder()).zip(cc.remainder()) {
+        tail[0] += g * a;
+        tail[1] += g * b;
+        tail[2] += g * c;
+    }
+}
+
+/// One image's weight gradient of one 3×3 pad-1 channel (stride 1 or 2), accumulating, in a
+/// single pass over gy with the nine sums in registers. Each input row is laid out so that the
+/// three tap columns of output ox read index ox of three slices: stride 1 pads the row with a
+/// zero on each side; stride 2 splits it into even columns and odd columns with a leading zero
+/// (taps 2·ox − 1, 2·ox, 2·ox + 1 are odd'[ox], even[ox], odd'[ox + 1]).
+/// x: (H, W); gy: (OH, OW); gw: (3, 3); scratch: 2·W + 4.
+#[inline(always)]
+fn backward_weight_plane_3x3<T: Float>(g: &ConvGeom, x: &[T], gy: &[T], gw: &mut [T], scratch: &mut [T]) {
+    let Some((oh, ow)) = g.out_hw() else { return };
+    let (s, wd) = (g.stride.1, g.w);
+    let mut acc = [[[T::zero(); LANES]; 3]; 3];
+    let mut tails = [[T::zero(); 3]; 3];
+    let buf = &mut scratch[..2 * wd + 4];
+    for oy in 0..oh {
+        let gyr = &gy[oy * ow..(oy + 1) * ow];
+        for (ki, (acc_row, tail)) in acc.iter_mut().zip(tails.iter_mut()).enumerate() {
+            let iy = (oy * s + ki) as isize - 1;
+            if iy < 0 || iy >= g.h as isize {
+                continue;
+            }
+            let xr = &x[iy as usize * wd..(iy as usize + 1) * wd];
+            let taps: [&[T]; 3] = if s == 1 {
+                buf[0] = T::zero();
+                buf[1..=wd].copy_from_slice(xr);
+                buf[wd + 1] = T::zero();
+                [&buf[..ow], &buf[1..ow + 1], &buf[2..ow + 2]]
+            } else {
+                let (even, odd) = buf.split_at_mut(ow);
+                odd[0] = T::zero();
+                split_row(xr, even, &mut odd[1..ow + 1]);
+                let (even, odd) = (&*even, &*odd);
+                [&odd[..ow], &even[..ow], &odd[1..ow + 1]]
+            };
+            dot3_lanes(gyr, taps, acc_row, tail);
+        }
+    }
+    for (k, (lanes, &t)) in acc.iter().flatten().zip(tails.iter().flatten()).enumerate() {
+        gw[k] += lanes.iter().fold(t, |s, &v| s + v);
+    }
+}
+
 /// gw = d(conv)/dw · gy for depthwise `g`, summed over the batch. x: (N, C_in, H, W);
 /// gy: (N, C_out, OH, OW); gw: (C_out, 1, KH, KW) (overwritten).
 pub fn backward_weight<T: Float>(g: &ConvGeom, x: &[T], gy: &[T], gw: &mut [T]) {
@@ -426,6 +616,15 @@ pub fn backward_weight<T: Float>(g: &ConvGeom, x: &[T], gy: &[T], gw: &mut [T]) 
     let scratch = if s > 1 { s * g.h * g.w.div_ceil(s) } else { 0 };
     let chan = |co: usize, gwc: &mut [T]| {
         gwc.iter_mut().for_each(|v| *v = T::zero());
+        if is_3x3_s1_p1(g) || is_3x3_s2_p1(g) {
+            return T::with_scratch(2 * g.w + 4, |sc| {
+                for i in 0..g.n {
+                    let xp = &x[(i * g.c_in + co / m) * hw..][..hw];
+                    let gyp = &gy[(i * g.c_out + co) * p..][..p];
+                    backward_weight_plane_3x3_best(g, xp, gyp, gwc, sc);
+                }
+            });
+        }
         T::with_scratch(scratch, |ph| {
             for i in 0..g.n {
                 let xp = &x[(i * g.c_in + co / m) * hw..][..hw];
@@ -547,8 +746,31 @@ mod tests {
         assert_eq!(close(&yd, &y), Ok(()));
     }
 
+    /// The specialised MobileNet shapes (3×3, padding 1, stride 1 or 2), which the general
+    /// strategy above (dilation never (1, 1)) does not reach. Odd and even sizes, tiny planes.
+    fn mobilenet_strategy() -> impl Strategy<Value = ConvGeom> {
+        (1usize..3, 1usize..6, 1usize..3, 1usize..24, 1usize..24, 1usize..3).prop_map(|(n, c, mult, h, w, s)| ConvGeom {
+            n,
+            c_in: c,
+            h,
+            w,
+            c_out: c * mult,
+            kh: 3,
+            kw: 3,
+            stride: (s, s),
+            padding: (1, 1),
+            dilation: (1, 1),
+            groups: c,
+        })
+    }
+
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(200))]
+        #[test]
+        fn specialised_3x3_kernels_match_naive(g in mobilenet_strategy(), seed in 0u64..10_000) {
+            prop_assert_eq!(check(&g, seed), Ok(()), "{:?}", g);
+        }
+
         #[test]
         fn depthwise_kernels_match_naive(g in depthwise_strategy(), seed in 0u64..10_000) {
             prop_assert_eq!(check(&g, seed), Ok(()), "{:?}", g);
