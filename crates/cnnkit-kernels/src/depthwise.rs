@@ -203,26 +203,6 @@ fn forward_plane<T: Float>(g: &ConvGeom, x: &[T], w: &[T], bias: T, y: &mut [T],
     }
 }
 
-/// Runs a plane kernel compiled for AVX2 + FMA where the CPU has them. (`simd::with_best_isa`
-/// is not enough here: LLVM declines to inline a closure this large into its AVX2 wrapper,
-/// which leaves the loops at SSE2 width.)
-macro_rules! best_isa_fn {
-    ($name:ident, $avx2:ident, $inner:ident, ($($arg:ident: $ty:ty),*)) => {
-        #[cfg(target_arch = "x86_64")]
-        #[target_feature(enable = "avx2,fma")]
-        unsafe fn $avx2<T: Float>($($arg: $ty),*) {
-            $inner($($arg),*)
-        }
-        fn $name<T: Float>($($arg: $ty),*) {
-            #[cfg(target_arch = "x86_64")]
-            if crate::simd::has_avx2_fma() {
-                // SAFETY: the CPU was just checked to support AVX2 and FMA.
-                return unsafe { $avx2($($arg),*) };
-            }
-            $inner($($arg),*)
-        }
-    };
-}
 best_isa_fn!(backward_input_plane_best, backward_input_plane_avx2, backward_input_plane, (g: &ConvGeom, gy: &[T], w: &[T], dst: &mut [T]));
 best_isa_fn!(backward_weight_plane_3x3_best, backward_weight_plane_3x3_avx2, backward_weight_plane_3x3, (g: &ConvGeom, x: &[T], gy: &[T], gw: &mut [T], sc: &mut [T]));
 best_isa_fn!(forward_plane_3x3s1_best, forward_plane_3x3s1_avx2, forward_plane_3x3s1, (h: usize, wd: usize, x: &[T], w: &[T], bias: T, y: &mut [T], sc: &mut [T]));

@@ -4,12 +4,13 @@
 //! together on random shapes. Legend: N batch, C channels, H/W height/width, K kernel size,
 //! OH/OW output height/width, G groups.
 
+#[macro_use]
+pub mod simd;
 pub mod conv;
 pub mod depthwise;
 pub mod matmul;
 pub mod pool;
 pub mod reference;
-pub mod simd;
 pub mod winograd;
 
 /// The float types the compute kernels run on: f32 (default) and f64 (gradchecks).

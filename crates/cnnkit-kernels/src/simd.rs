@@ -37,6 +37,28 @@ pub fn with_best_isa<R>(f: impl FnOnce() -> R) -> R {
     f()
 }
 
+/// Defines `$name`, which runs the `#[inline(always)]` kernel `$inner` compiled for AVX2 + FMA
+/// where the CPU has them (through the twin `$avx2`). Use it instead of [`with_best_isa`] for
+/// large kernels: LLVM declines to inline a closure that large into `with_best_isa`'s AVX2
+/// wrapper, which silently leaves the loops at SSE2 width (measured: the Winograd transforms
+/// and the depthwise plane kernels ran with 128-bit registers).
+macro_rules! best_isa_fn {
+    ($name:ident, $avx2:ident, $inner:ident, ($($arg:ident: $ty:ty),*)) => {
+        #[cfg(target_arch = "x86_64")]
+        #[target_feature(enable = "avx2,fma")]
+        unsafe fn $avx2<T: crate::Float>($($arg: $ty),*) {
+            $inner($($arg),*)
+        }
+        fn $name<T: crate::Float>($($arg: $ty),*) {
+            #[cfg(target_arch = "x86_64")]
+            if crate::simd::has_avx2_fma() {
+                // SAFETY: the CPU was just checked to support AVX2 and FMA.
+                return unsafe { $avx2($($arg),*) };
+            }
+            $inner($($arg),*)
+        }
+    };
+}
 /// Elements per parallel task in the elementwise kernels: large enough to amortise task
 /// overhead, small enough to balance two or more cores.
 pub const CHUNK: usize = 1 << 14;

@@ -121,14 +121,14 @@ pub fn forward<T: Float>(g: &ConvGeom, x: &[T], w: &[T], b: Option<&[T]>, y: &mu
                 let (t1, rest) = rest.split_at_mut(NXI * nbp);
                 let (t2, pad) = rest.split_at_mut(NXI * nbp);
                 let blk = Block { g, oh, ow, th, tw, q0, q1, nbp };
-                crate::simd::with_best_isa(|| blk.input_transform(x, v, t1, t2, pad));
+                input_transform_best(&blk, x, v, t1, t2, pad);
                 for xi in 0..NXI {
                     // U_ξ: (C_out, C_in) inside u's (C_out, 36, C_in) layout.
                     let a = MatRef { data: &u[xi * cin..], rows: cout, cols: cin, rs: (NXI * cin) as isize, cs: 1 };
                     let bm = MatRef { data: &v[xi * cin * nbp..], rows: cin, cols: nb, rs: nbp as isize, cs: 1 };
                     gemm_strided(a, bm, &mut m[xi * cout * nbp..(xi + 1) * cout * nbp], nbp as isize, 1, false, par);
                 }
-                crate::simd::with_best_isa(|| blk.output_transform(m, b, &out, t1, t2));
+                output_transform_best(&blk, m, b, &out, t1, t2);
             });
         };
         if nblk == 1 {
@@ -327,6 +327,17 @@ struct Block<'a> {
     q1: usize,
     nbp: usize,
 }
+
+#[inline(always)]
+fn input_transform_of<T: Float>(blk: &Block<'_>, x: &[T], v: &mut [T], d: &mut [T], h: &mut [T], pad: &mut [T]) {
+    blk.input_transform(x, v, d, h, pad)
+}
+#[inline(always)]
+fn output_transform_of<T: Float>(blk: &Block<'_>, m: &[T], b: Option<&[T]>, out: &OutPtr<T>, s: &mut [T], t: &mut [T]) {
+    blk.output_transform(m, b, out, s, t)
+}
+best_isa_fn!(input_transform_best, input_transform_avx2, input_transform_of, (blk: &Block<'_>, x: &[T], v: &mut [T], d: &mut [T], h: &mut [T], pad: &mut [T]));
+best_isa_fn!(output_transform_best, output_transform_avx2, output_transform_of, (blk: &Block<'_>, m: &[T], b: Option<&[T]>, out: &OutPtr<T>, s: &mut [T], t: &mut [T]));
 
 impl Block<'_> {
     /// V = Bᵀ d B for every input channel and tile of the block. x: (N, C_in, H, W);
