@@ -212,6 +212,9 @@ pub fn bench_infer(onnx: Option<&Path>, src: &ModelSource, shape: &[usize], iter
     };
     let label = onnx.map(|p| p.display().to_string()).or_else(|| src.model.clone()).unwrap_or_else(|| "checkpoint".into());
     let mut times = Vec::new();
+    // One recycling scope over all runs: from the second run on, every activation reuses a
+    // buffer of the run before (no allocation, no zero-fill), as a serving loop would.
+    let _recycle = cnnkit::core::recycle_buffers();
     for i in 0..iters + 2 {
         let t = Instant::now();
         model.run(&x)?;

@@ -144,7 +144,7 @@ fn max_rel(a: &cnnkit::core::Tensor, b: &cnnkit::core::Tensor) -> f64 {
     assert_eq!(a.shape(), b.shape());
     let (a, b) = (a.to_f64_vec().unwrap(), b.to_f64_vec().unwrap());
     let scale = b.iter().fold(1e-12f64, |m, v| m.max(v.abs()));
-    a.iter().zip(&b).map(|(x, y)| (x - y).abs()).fold(0.0, f64::max) / scale
+    a.iter().zip(&b).map(|(x, y)| (x - y).abs()).fold(0.0, |m: f64, d: f64| if d.is_nan() { f64::INFINITY } else { m.max(d) }) / scale
 }
 
 #[test]

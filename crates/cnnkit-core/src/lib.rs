@@ -15,6 +15,7 @@ pub mod layout;
 pub mod nn_ops;
 pub mod op;
 pub mod random;
+pub mod recycle;
 pub mod reduce;
 pub mod shape;
 pub mod tensor;
@@ -26,6 +27,7 @@ pub use gradcheck::gradcheck;
 pub use nn_ops::{Conv2dArgs, Pool2dArgs};
 pub use op::{BinaryOp, CustomOp, UnaryOp};
 pub use random::{manual_seed, Generator};
+pub use recycle::{recycle_buffers, recycle_stats, RecycleGuard};
 pub use shape::PadMode;
 pub use tensor::{Tensor, TensorId};
 

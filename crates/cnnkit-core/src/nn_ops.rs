@@ -122,7 +122,7 @@ impl Tensor {
             let sa = ae.read_storage()?;
             let sb = be.read_storage()?;
             let (da, db) = (T::slice(&sa).unwrap_or(&[]), T::slice(&sb).unwrap_or(&[]));
-            let mut out = vec![T::zero(); nbatch * m * n];
+            let mut out: Vec<T> = crate::recycle::output_vec(nbatch * m * n);
             fn view<'a, T>(d: &'a [T], off: usize, l: &Layout, r: usize, c: usize) -> MatRef<'a, T> {
                 let nd = l.shape.len();
                 MatRef { data: &d[off.min(d.len())..], rows: r, cols: c, rs: l.strides[nd - 2] as isize, cs: l.strides[nd - 1] as isize }
@@ -164,7 +164,7 @@ impl Tensor {
             .out_hw()
             .ok_or_else(|| Error::bad_shape("conv2d", x.shape(), format!("kernel {:?} larger than the padded input", w.shape())))?;
         let s = float_dispatch!("conv2d", x.dtype(), T => {
-            let mut y = vec![T::zero(); geom.n * geom.c_out * oh * ow];
+            let mut y: Vec<T> = crate::recycle::output_vec(geom.n * geom.c_out * oh * ow);
             x.with_data(|xd: &[T]| w.with_data(|wd: &[T]| -> Result<()> {
                 let bv = b.map(|b| b.to_vec::<T>()).transpose()?;
                 conv::conv2d_forward(&geom, xd, wd, bv.as_deref(), &mut y);
@@ -246,7 +246,7 @@ impl Tensor {
         let (n, c) = (x.shape()[0], x.shape()[1]);
         let mut idx = vec![0i64; n * c * oh * ow];
         let s = float_dispatch!("max_pool2d", x.dtype(), T => {
-            let mut y = vec![T::zero(); idx.len()];
+            let mut y: Vec<T> = crate::recycle::output_vec(idx.len());
             x.with_data(|xd: &[T]| pool::max_pool2d(&g, xd, &mut y, &mut idx))?;
             T::into_storage(y)
         });
@@ -274,7 +274,7 @@ impl Tensor {
             .ok_or_else(|| Error::bad_shape("max_pool2d", x.shape(), format!("kernel {:?} larger than the padded input", a.kernel)))?;
         let (n, c) = (x.shape()[0], x.shape()[1]);
         let s = float_dispatch!("max_pool2d", x.dtype(), T => {
-            let mut y = vec![T::zero(); n * c * oh * ow];
+            let mut y: Vec<T> = crate::recycle::output_vec(n * c * oh * ow);
             x.with_data(|xd: &[T]| pool::max_pool2d_values(&g, xd, &mut y))?;
             T::into_storage(y)
         });
@@ -315,7 +315,7 @@ impl Tensor {
         let (oh, ow) = g.out_hw().ok_or_else(|| Error::bad_shape("avg_pool2d", x.shape(), "kernel larger than the padded input"))?;
         let (n, c) = (x.shape()[0], x.shape()[1]);
         let s = float_dispatch!("avg_pool2d", x.dtype(), T => {
-            let mut y = vec![T::zero(); n * c * oh * ow];
+            let mut y: Vec<T> = crate::recycle::output_vec(n * c * oh * ow);
             x.with_data(|xd: &[T]| pool::avg_pool2d(&g, count_include_pad, xd, &mut y))?;
             T::into_storage(y)
         });
@@ -331,7 +331,7 @@ impl Tensor {
             return Err(Error::bad_shape("adaptive_avg_pool2d", x.shape(), format!("output size {out:?} or input is empty")));
         }
         let s = float_dispatch!("adaptive_avg_pool2d", x.dtype(), T => {
-            let mut y = vec![T::zero(); n * c * out.0 * out.1];
+            let mut y: Vec<T> = crate::recycle::output_vec(n * c * out.0 * out.1);
             x.with_data(|xd: &[T]| pool::adaptive_avg_pool2d(h, w, out.0, out.1, xd, &mut y))?;
             T::into_storage(y)
         });
@@ -412,7 +412,7 @@ impl Tensor {
             let invstd: Vec<f64> = var.iter().map(|v| 1.0 / (v + eps).sqrt()).collect();
             let wv = weight.map(|w| w.to_f64_vec()).transpose()?;
             let bv = bias.map(|b| b.to_f64_vec()).transpose()?;
-            let mut y = vec![T::zero(); x.len()];
+            let mut y: Vec<T> = crate::recycle::output_vec(x.len());
             y.par_chunks_mut(sp.max(1)).zip(x.par_chunks(sp.max(1))).enumerate().for_each(|(p, (yo, xi))| {
                 let ch = p % c;
                 let scale = invstd[ch] * wv.as_ref().map_or(1.0, |w| w[ch]);

@@ -31,6 +31,21 @@ pub(crate) struct Inner {
     pub(crate) grad: Mutex<Option<Tensor>>,
 }
 
+impl Drop for Inner {
+    /// Inside a recycling scope, hands a storage that dies with this tensor (no view shares it)
+    /// to the buffer free lists (see [`crate::recycle`]).
+    fn drop(&mut self) {
+        if !crate::recycle::active() {
+            return;
+        }
+        if let Some(lock) = Arc::get_mut(&mut self.storage) {
+            if let Ok(s) = lock.get_mut() {
+                crate::recycle::give(std::mem::replace(s, Storage::U8(Vec::new())));
+            }
+        }
+    }
+}
+
 /// An n-dimensional array with reverse-mode autograd. Cloning is cheap (an `Arc`).
 #[derive(Clone)]
 pub struct Tensor(pub(crate) Arc<Inner>);

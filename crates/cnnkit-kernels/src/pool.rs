@@ -108,6 +108,52 @@ pub fn max_pool2d<T: Float>(g: &PoolGeom, x: &[T], y: &mut [T], idx: &mut [i64])
     });
 }
 
+/// Columns of one phase row in [`max_pool_plane_phased`]: enough for every tap of every output.
+fn phase_width(g: &PoolGeom, ow: usize) -> usize {
+    ow + (g.kw - 1) / g.stride.1
+}
+
+/// One plane of max pooling values for dilation 1. Each input row is split once into S (the
+/// column stride) phase rows of the −∞-padded row: phase r, index j = padded column j·S + r.
+/// Tap kj of output ox is then phase kj % S at index ox + kj / S, so every tap of a whole
+/// output row is one contiguous slice and the max runs as a vector loop (the per-output
+/// window loop of the general path is scalar). x: (H, W); y: (OH, OW);
+/// ph: (H, S, [`phase_width`]) scratch.
+#[inline(always)]
+fn max_pool_plane_phased<T: Float>(g: &PoolGeom, oh: usize, ow: usize, x: &[T], y: &mut [T], ph: &mut [T]) {
+    let (s, pad) = (g.stride.1, g.padding.1);
+    let pw = phase_width(g, ow);
+    let take = |v: T, m: T| (v > m) | v.is_nan();
+    for (iy, rows) in ph.chunks_exact_mut(s * pw).take(g.h).enumerate() {
+        let src = &x[iy * g.w..(iy + 1) * g.w];
+        for (r, dst) in rows.chunks_exact_mut(pw).enumerate() {
+            // Indices j whose column j·S + r − pad lies inside the row.
+            let j0 = pad.saturating_sub(r).div_ceil(s).min(pw);
+            let j1 = if g.w + pad > r { ((g.w - 1 + pad - r) / s + 1).clamp(j0, pw) } else { j0 };
+            dst[..j0].fill(T::neg_infinity());
+            for (j, d) in dst[j0..j1].iter_mut().enumerate() {
+                *d = src[(j0 + j) * s + r - pad];
+            }
+            dst[j1..].fill(T::neg_infinity());
+        }
+    }
+    for (oy, yr) in y.chunks_exact_mut(ow).take(oh).enumerate() {
+        yr.fill(T::neg_infinity());
+        let hs = (oy * g.stride.0) as isize - g.padding.0 as isize;
+        let (k0, k1) = tap_range(hs, g.kh, 1, g.h);
+        for ki in k0..k1 {
+            let iy = (hs + ki as isize) as usize;
+            for kj in 0..g.kw {
+                let tap = &ph[(iy * s + kj % s) * pw + kj / s..][..ow];
+                for (a, &b) in yr.iter_mut().zip(tap) {
+                    *a = if take(b, *a) { b } else { *a };
+                }
+            }
+        }
+    }
+}
+best_isa_fn!(max_pool_plane_phased_best, max_pool_plane_phased_avx2, max_pool_plane_phased, (g: &PoolGeom, oh: usize, ow: usize, x: &[T], y: &mut [T], ph: &mut [T]));
+
 /// Max pooling values only, for inference (no indices to record). x: (P, H, W) planes;
 /// y: (P, OH, OW). Separable: each output row is the elementwise max, over its window's rows,
 /// of a horizontal window max of that row; selects instead of branches (activations make the
@@ -115,6 +161,13 @@ pub fn max_pool2d<T: Float>(g: &PoolGeom, x: &[T], y: &mut [T], idx: &mut [i64])
 pub fn max_pool2d_values<T: Float>(g: &PoolGeom, x: &[T], y: &mut [T]) {
     let (oh, ow) = g.out_hw().expect("PoolGeom checked by caller");
     let plane_in = g.h * g.w;
+    if g.dilation == (1, 1) && oh * ow > 0 {
+        let len = g.h * g.stride.1 * phase_width(g, ow);
+        y.par_chunks_mut(oh * ow).enumerate().for_each(|(pi, yp)| {
+            T::with_scratch(len, |ph| max_pool_plane_phased_best(g, oh, ow, &x[pi * plane_in..(pi + 1) * plane_in], yp, ph));
+        });
+        return;
+    }
     let take = |v: T, m: T| (v > m) | v.is_nan();
     // Width of a window's taps in the input row.
     let span = (g.kw - 1) * g.dilation.1 + 1;
@@ -378,6 +431,23 @@ mod tests {
             let mut yv = vec![0.0; 2 * oh * ow];
             max_pool2d_values(&g, &x, &mut yv);
             prop_assert_eq!(yv, yn);
+        }
+    }
+
+    #[test]
+    fn max_pool_values_propagate_nan() {
+        for (k, s, p) in [(3, 2, 1), (2, 2, 0), (3, 1, 1)] {
+            let g = PoolGeom { h: 6, w: 7, kh: k, kw: k, stride: (s, s), padding: (p, p), dilation: (1, 1), ceil_mode: false };
+            let (oh, ow) = g.out_hw().unwrap_or((0, 0));
+            let mut x: Vec<f32> = (0..42).map(|i| i as f32).collect();
+            x[8] = f32::NAN; // row 1, column 1
+            let mut y = vec![0.0; oh * ow];
+            max_pool2d_values(&g, &x, &mut y);
+            let (yn, _) = crate::reference::max_pool2d_naive(&g, &x, 1);
+            for (a, b) in y.iter().zip(&yn) {
+                assert!(a == b || (a.is_nan() && b.is_nan()), "{k} {s} {p}: {y:?} vs {yn:?}");
+            }
+            assert!(y.iter().any(|v| v.is_nan()));
         }
     }
 

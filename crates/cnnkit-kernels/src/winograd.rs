@@ -485,7 +485,8 @@ mod tests {
         let aw: Vec<f64> = w.iter().map(|v| v.abs()).collect();
         let ab: Option<Vec<f64>> = b.map(|b| b.iter().map(|v| v.abs()).collect());
         let scale = reference::conv2d_naive(g, &ax, &aw, ab.as_deref()).into_iter().fold(f64::MIN_POSITIVE, f64::max);
-        got.iter().zip(&want).map(|(a, e)| (a - e).abs()).fold(0.0, f64::max) / scale
+        got.iter().zip(&want).map(|(a, e)| (a - e).abs()).fold(0.0, |m: f64, d: f64| if d.is_nan() { f64::INFINITY } else { m.max(d) })
+            / scale
     }
 
     /// Largest error of the f32 Winograd result relative to the f64 direct result's scale.
@@ -530,7 +531,12 @@ mod tests {
         let mut yd = vec![0.0f32; want.len()];
         let w32 = to_f32(&w);
         crate::matmul::gemm(MatRef::row_major(&w32, 64, 576), MatRef::row_major(&cols, 576, 56 * 56), &mut yd, false, true);
-        let err = |y: &[f32]| y.iter().zip(&want).map(|(&a, e)| (a as f64 - e).abs()).fold(0.0, f64::max);
+        let err = |y: &[f32]| {
+            y.iter()
+                .zip(&want)
+                .map(|(&a, e)| (a as f64 - e).abs())
+                .fold(0.0, |m: f64, d: f64| if d.is_nan() { f64::INFINITY } else { m.max(d) })
+        };
         let (ew, ed) = (err(&yw), err(&yd));
         eprintln!(
             "realistic 64→64 56×56: output rms {rms:.3}, max {ymax:.3}; max |err| winograd {ew:.3e} ({:.2e} of rms, {:.2e} of max), \
@@ -554,7 +560,11 @@ mod tests {
             let (want, _) = reference::conv2d_backward_naive(&g, &x, &wt, &gy);
             let mut gx = vec![f64::NAN; x.len()];
             backward_input(&g, &gy, &wt, &mut gx);
-            let e = gx.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0.0, f64::max);
+            let e = gx
+                .iter()
+                .zip(&want)
+                .map(|(a, b)| (a - b).abs())
+                .fold(0.0, |m: f64, d: f64| if d.is_nan() { f64::INFINITY } else { m.max(d) });
             assert!(e < 1e-12, "pad {p}: {e}");
         }
     }

@@ -38,9 +38,20 @@ fn check(name: &str) {
         .filter(|w| matches!(w[0].op, GraphOp::Conv { .. }) && matches!(w[1].op, GraphOp::BatchNormalization { .. }))
         .count();
     assert_eq!(bn_after_conv, 0, "{name}: a Conv → BatchNormalization pair was not folded");
-    let got = planned.run(&[("input", x)]).unwrap().remove(0);
+    let got = planned.run(&[("input", x.clone())]).unwrap().remove(0);
     let err = rel_err(&got, &want);
     assert!(err <= 1e-5, "{name}: planned graph differs from forward by {err:.2e}");
+    // Recycled activation buffers: a run on a NaN input leaves NaN in every buffer it frees;
+    // the next run in the same scope reuses them, so any op that does not overwrite its whole
+    // output would leak NaN into the result.
+    let _scope = cnnkit_core::recycle_buffers();
+    let nan = cnnkit_core::Tensor::full(&[2, c, side, side], f64::NAN, cnnkit_core::DType::F32);
+    drop(planned.run(&[("input", nan)]).unwrap());
+    let (hits, _) = cnnkit_core::recycle_stats();
+    let got = planned.run(&[("input", x)]).unwrap().remove(0);
+    assert!(cnnkit_core::recycle_stats().0 > hits, "{name}: the second run reused no buffer");
+    let err = rel_err(&got, &want);
+    assert!(err <= 1e-5, "{name}: planned graph on recycled buffers differs from forward by {err:.2e}");
 }
 
 macro_rules! graph_tests {

@@ -87,7 +87,8 @@ pub fn rel_err(a: &Tensor, b: &Tensor) -> f64 {
     assert_eq!(a.shape(), b.shape());
     let (a, b) = (a.to_f64_vec().unwrap(), b.to_f64_vec().unwrap());
     let scale = b.iter().fold(0f64, |m, v| m.max(v.abs())).max(1e-12);
-    a.iter().zip(&b).map(|(x, y)| (x - y).abs()).fold(0f64, f64::max) / scale
+    // A NaN difference counts as infinite (f64::max would silently skip it).
+    a.iter().zip(&b).map(|(x, y)| (x - y).abs()).map(|d| if d.is_nan() { f64::INFINITY } else { d }).fold(0f64, f64::max) / scale
 }
 
 /// One #[test] per torchvision architecture with a fixture, each calling `$check(name)`.

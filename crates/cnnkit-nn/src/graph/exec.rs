@@ -33,6 +33,9 @@ impl Graph {
     /// Static dims of the declared input shapes are checked.
     pub fn run(&self, inputs: &[(&str, Tensor)]) -> Result<Vec<Tensor>> {
         let _guard = cnnkit_core::no_grad();
+        // Activations freed below are reused for later nodes' outputs (and, when the caller
+        // holds its own scope across runs, for the next run's): see cnnkit_core::recycle.
+        let _recycle = cnnkit_core::recycle_buffers();
         let mut env: HashMap<&str, Tensor> = HashMap::new();
         for (name, _) in inputs {
             if !self.inputs.iter().any(|v| v.name == *name) {
