@@ -47,9 +47,11 @@ fn check(name: &str) {
     let _scope = cnnkit_core::recycle_buffers();
     let nan = cnnkit_core::Tensor::full(&[2, c, side, side], f64::NAN, cnnkit_core::DType::F32);
     drop(planned.run(&[("input", nan)]).unwrap());
-    let (hits, _) = cnnkit_core::recycle_stats();
+    let (hits, misses) = cnnkit_core::recycle_stats();
     let got = planned.run(&[("input", x)]).unwrap().remove(0);
-    assert!(cnnkit_core::recycle_stats().0 > hits, "{name}: the second run reused no buffer");
+    let (hits2, misses2) = cnnkit_core::recycle_stats();
+    assert!(hits2 > hits, "{name}: the second run reused no buffer");
+    assert_eq!(misses2, misses, "{name}: the second run allocated {} output buffers", misses2 - misses);
     let err = rel_err(&got, &want);
     assert!(err <= 1e-5, "{name}: planned graph on recycled buffers differs from forward by {err:.2e}");
 }
