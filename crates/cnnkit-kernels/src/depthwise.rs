@@ -205,7 +205,7 @@ fn forward_plane<T: Float>(g: &ConvGeom, x: &[T], w: &[T], bias: T, y: &mut [T],
 
 best_isa_fn!(backward_input_plane_best, backward_input_plane_avx2, backward_input_plane, (g: &ConvGeom, gy: &[T], w: &[T], dst: &mut [T]));
 best_isa_fn!(backward_weight_plane_3x3_best, backward_weight_plane_3x3_avx2, backward_weight_plane_3x3, (g: &ConvGeom, x: &[T], gy: &[T], gw: &mut [T], sc: &mut [T]));
-best_isa_fn!(forward_plane_3x3s1_best, forward_plane_3x3s1_avx2, forward_plane_3x3s1, (h: usize, wd: usize, x: &[T], w: &[T], bias: T, y: &mut [T], sc: &mut [T]));
+best_isa_fn!(forward_plane_3x3s1_best, forward_plane_3x3s1_avx2, forward_plane_3x3s1_any, (h: usize, wd: usize, x: &[T], w: &[T], bias: T, y: &mut [T], sc: &mut [T]));
 best_isa_fn!(forward_plane_3x3s2_best, forward_plane_3x3s2_avx2, forward_plane_3x3s2, (h: usize, wd: usize, x: &[T], w: &[T], bias: T, y: &mut [T], sc: &mut [T]));
 best_isa_fn!(backward_input_plane_3x3s2_best, backward_input_plane_3x3s2_avx2, backward_input_plane_3x3s2, (h: usize, wd: usize, gy: &[T], w: &[T], gx: &mut [T], sc: &mut [T]));
 best_isa_fn!(backward_weight_plane_best, backward_weight_plane_avx2, backward_weight_plane, (g: &ConvGeom, x: &[T], gy: &[T], gw: &mut [T], ph: &mut [T]));
@@ -262,6 +262,63 @@ fn forward_plane_3x3s1<T: Float>(h: usize, wd: usize, x: &[T], w: &[T], bias: T,
                     + (w2[0] * c[i] + w2[1] * c[i + 1] + w2[2] * c[i + 2]);
             }
         }
+    }
+}
+
+/// Planes at most this wide take [`forward_plane_3x3s1_flat`]: their rows are too short for
+/// the row kernel's vector loop (a 7-wide row has 5 interior outputs and 2 scalar edges).
+const FLAT_MAX_W: usize = 32;
+
+/// Scratch elements [`forward_plane_3x3s1_any`] needs for an (H, W) plane.
+fn scratch_3x3s1(h: usize, wd: usize) -> usize {
+    if wd <= FLAT_MAX_W {
+        (h + 2) * (wd + 2) + 2 + h * (wd + 2)
+    } else {
+        wd
+    }
+}
+
+/// The same as [`forward_plane_3x3s1`] for narrow planes: the plane is copied into a
+/// zero-bordered (H + 2, W + 2) buffer and the nine taps run as one vector loop over the flat
+/// buffer (two junk columns per row, dropped when the rows are copied out), so there are no
+/// edge cases and no short rows. x: (H, W); w: (3, 3); y: (H, W);
+/// scratch: [`scratch_3x3s1`] elements.
+#[inline(always)]
+fn forward_plane_3x3s1_flat<T: Float>(h: usize, wd: usize, x: &[T], w: &[T], bias: T, y: &mut [T], scratch: &mut [T]) {
+    let wp = wd + 2;
+    let (pad, out) = scratch.split_at_mut((h + 2) * wp + 2);
+    pad[..wp + 1].fill(T::zero());
+    for (iy, src) in x.chunks_exact(wd).take(h).enumerate() {
+        // Row iy lands at padded row iy + 1, columns 1..=W; its right border and the next
+        // row's left border are adjacent.
+        let at = (iy + 1) * wp + 1;
+        pad[at..at + wd].copy_from_slice(src);
+        pad[at + wd..at + wd + 2].fill(T::zero());
+    }
+    pad[(h + 1) * wp + 1..].fill(T::zero());
+    // out[i] for i = oy·(W+2) + ox is output (oy, ox); tap (ki, kj) reads pad[i + ki·(W+2) + kj].
+    let n = h * wp;
+    let out = &mut out[..n];
+    let t = |k: usize| &pad[(k / 3) * wp + k % 3..][..n];
+    let (a0, a1, a2, b0, b1, b2, c0, c1, c2) = (t(0), t(1), t(2), t(3), t(4), t(5), t(6), t(7), t(8));
+    for (i, o) in out.iter_mut().enumerate() {
+        *o = bias
+            + (w[0] * a0[i] + w[1] * a1[i] + w[2] * a2[i])
+            + (w[3] * b0[i] + w[4] * b1[i] + w[5] * b2[i])
+            + (w[6] * c0[i] + w[7] * c1[i] + w[8] * c2[i]);
+    }
+    for (yr, orow) in y.chunks_exact_mut(wd).take(h).zip(out.chunks_exact(wp)) {
+        yr.copy_from_slice(&orow[..wd]);
+    }
+}
+
+/// A 3×3/1 pad-1 plane by whichever kernel suits its width. scratch: [`scratch_3x3s1`].
+#[inline(always)]
+fn forward_plane_3x3s1_any<T: Float>(h: usize, wd: usize, x: &[T], w: &[T], bias: T, y: &mut [T], scratch: &mut [T]) {
+    if wd <= FLAT_MAX_W {
+        forward_plane_3x3s1_flat(h, wd, x, w, bias, y, scratch)
+    } else {
+        forward_plane_3x3s1(h, wd, x, w, bias, y, scratch)
     }
 }
 
@@ -389,7 +446,7 @@ pub fn forward<T: Float>(g: &ConvGeom, x: &[T], w: &[T], b: Option<&[T]>, y: &mu
         let wk = &w[co * kk..(co + 1) * kk];
         let bias = b.map_or(T::zero(), |b| b[co]);
         if is_3x3_s1_p1(g) {
-            return T::with_scratch(g.w, |sc| forward_plane_3x3s1_best(g.h, g.w, xp, wk, bias, yp, sc));
+            return T::with_scratch(scratch_3x3s1(g.h, g.w), |sc| forward_plane_3x3s1_best(g.h, g.w, xp, wk, bias, yp, sc));
         }
         if is_3x3_s2_p1(g) {
             return T::with_scratch(7 * ow, |sc| forward_plane_3x3s2_best(g.h, g.w, xp, wk, bias, yp, sc));
@@ -456,7 +513,7 @@ pub fn backward_input<T: Float>(g: &ConvGeom, gy: &[T], w: &[T], gx: &mut [T]) {
             // The input gradient of a 3×3/1 pad-1 conv is the same conv of gy with the kernel
             // rotated 180°: reuse the register-blocked forward plane (it overwrites gxp).
             let flipped: [T; 9] = std::array::from_fn(|k| wk[8 - k]);
-            return T::with_scratch(g.w, |sc| forward_plane_3x3s1_best(g.h, g.w, gyp, &flipped, T::zero(), gxp, sc));
+            return T::with_scratch(scratch_3x3s1(g.h, g.w), |sc| forward_plane_3x3s1_best(g.h, g.w, gyp, &flipped, T::zero(), gxp, sc));
         }
         if m == 1 && is_3x3_s2_p1(g) {
             return T::with_scratch(4 * (ow + 1), |sc| backward_input_plane_3x3s2_best(g.h, g.w, gyp, wk, gxp, sc));
