@@ -253,10 +253,13 @@ fn train_step(b: TrainStepBench) -> Result<()> {
     let opts = CrossEntropyOptions::default();
     let (med, _) = median_ms(2, b.common.iters, || {
         use cnnkit::optim::Optimizer;
-        opt.zero_grad();
-        let loss = cross_entropy(&model.forward(&x)?, &y, &opts)?;
-        loss.backward()?;
-        opt.step()
+        // As the trainer runs a step: on a kernel-pool worker.
+        cnnkit::core::on_worker(|| {
+            opt.zero_grad();
+            let loss = cross_entropy(&model.forward(&x)?, &y, &opts)?;
+            loss.backward()?;
+            opt.step()
+        })
     })?;
     eprintln!(
         "train-step {} batch {}: median {:.2} ms/step, {:.0} images/s ({} threads)",
@@ -352,9 +355,11 @@ fn epoch(b: EpochBench) -> Result<()> {
         e += 1;
         for batch in src.batches(e) {
             let (x, y) = batch?;
-            opt.zero_grad();
-            cross_entropy(&model.forward(&x)?, &y, &opts)?.backward()?;
-            opt.step()?;
+            cnnkit::core::on_worker(|| {
+                opt.zero_grad();
+                cross_entropy(&model.forward(&x)?, &y, &opts)?.backward()?;
+                opt.step()
+            })?;
         }
         Ok(())
     })?;

@@ -211,17 +211,21 @@ pub fn bench_infer(onnx: Option<&Path>, src: &ModelSource, shape: &[usize], iter
         _ => load(onnx, src, [shape[1], shape[2], shape[3]])?,
     };
     let label = onnx.map(|p| p.display().to_string()).or_else(|| src.model.clone()).unwrap_or_else(|| "checkpoint".into());
-    let mut times = Vec::new();
-    // One recycling scope over all runs: from the second run on, every activation reuses a
-    // buffer of the run before (no allocation, no zero-fill), as a serving loop would.
-    let _recycle = cnnkit::core::recycle_buffers();
-    for i in 0..iters + 2 {
-        let t = Instant::now();
-        model.run(&x)?;
-        if i >= 2 {
-            times.push(t.elapsed().as_secs_f64() * 1e3);
+    // The whole loop on one pool worker, with one recycling scope over all runs: from the
+    // second run on, every activation reuses a buffer of the run before (no allocation, no
+    // zero-fill), as a serving loop would. (The free lists are per thread, hence one worker.)
+    let mut times = cnnkit::core::on_worker(|| -> Result<Vec<f64>> {
+        let _recycle = cnnkit::core::recycle_buffers();
+        let mut times = Vec::new();
+        for i in 0..iters + 2 {
+            let t = Instant::now();
+            model.run(&x)?;
+            if i >= 2 {
+                times.push(t.elapsed().as_secs_f64() * 1e3);
+            }
         }
-    }
+        Ok(times)
+    })?;
     times.sort_by(f64::total_cmp);
     Ok((times[times.len() / 2], label))
 }

@@ -36,6 +36,17 @@ pub fn set_num_threads(n: usize) -> Result<()> {
     rayon::ThreadPoolBuilder::new().num_threads(n.max(1)).build_global().map_err(|e| Error::invalid("set_num_threads", e.to_string()))
 }
 
+/// Runs `f` on a worker thread of the kernels' thread pool (directly when the caller already is
+/// one) and returns its result. Kernels called from a pool worker share their parallel work
+/// with the other workers by work stealing; called from any other thread, each parallel kernel
+/// must hand its work to the pool and put the caller to sleep until it is done, a wake-up and a
+/// sleep per op, which dominates small ops (batch-1 inference). Wrap a whole forward pass or
+/// training step in it, not code that waits for other threads (a data-loader channel): with
+/// one pool thread that would deadlock.
+pub fn on_worker<R: Send>(f: impl FnOnce() -> R + Send) -> R {
+    rayon::scope(|_| f())
+}
+
 /// Asks the C allocator to keep freed memory in the process instead of returning it to the
 /// kernel. Training allocates and frees the same activation sizes every step, and each fresh
 /// page costs a page fault (measured: ~15% of a cifar-cnn training step). Programs (the CLI,

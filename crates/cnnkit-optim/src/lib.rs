@@ -55,7 +55,9 @@ use std::collections::BTreeMap;
 /// `step`, `momentum_buffer`, `exp_avg`, `exp_avg_sq`, `max_exp_avg_sq`, `square_avg`,
 /// `grad_avg`, `sum`) and `param_groups.{g}.{name}` for group `g`'s hyper-parameters
 /// (`lr`, `weight_decay`, `initial_lr`, `momentum`, `betas`, ..., and `params`: the indices).
-pub trait Optimizer {
+///
+/// `Send`, so that a training step can run on a kernel-pool worker (`cnnkit_core::on_worker`).
+pub trait Optimizer: Send {
     /// Performs one update of every parameter that has a gradient.
     fn step(&mut self) -> Result<()>;
     /// The parameter groups.

@@ -150,26 +150,31 @@ pub fn fit(
         let (mut loss_sum, mut correct, mut seen) = (0.0, 0usize, 0usize);
         for batch in train.batches(epoch) {
             let (x, y) = batch?;
-            opt.zero_grad();
-            let logits = model.forward(&x)?;
-            let loss = cross_entropy(&logits, &y, &CrossEntropyOptions::default())?;
-            loss.backward()?;
-            if let Some(max) = cfg.grad_clip {
-                clip_grad_norm_(&model.trainable_parameters(), max, 2.0)?;
-            }
-            opt.step()?;
-            if cfg.scheduler_per_batch {
-                if let Some(s) = sched.as_deref_mut() {
-                    s.step(opt)?;
+            // The step runs on a kernel-pool worker (see cnnkit_core::on_worker); the batch was
+            // received out here because waiting on the loader inside would block a worker.
+            let (l, hits) = cnnkit_core::on_worker(|| -> Result<(f64, usize)> {
+                opt.zero_grad();
+                let logits = model.forward(&x)?;
+                let loss = cross_entropy(&logits, &y, &CrossEntropyOptions::default())?;
+                loss.backward()?;
+                if let Some(max) = cfg.grad_clip {
+                    clip_grad_norm_(&model.trainable_parameters(), max, 2.0)?;
                 }
-            }
+                opt.step()?;
+                if cfg.scheduler_per_batch {
+                    if let Some(s) = sched.as_deref_mut() {
+                        s.step(opt)?;
+                    }
+                }
+                let hits = cnnkit_core::with_no_grad(|| logits.argmax(1, false)?.eq(&y)?.count_nonzero())?;
+                Ok((loss.item()?, hits))
+            })?;
             let n = y.numel();
-            let l = loss.item()?;
             if !l.is_finite() {
                 return Err(Error::invalid("train", format!("loss became {l} in epoch {} (try a lower --lr)", epoch + 1)));
             }
             loss_sum += l * n as f64;
-            correct += cnnkit_core::with_no_grad(|| logits.argmax(1, false)?.eq(&y)?.count_nonzero())?;
+            correct += hits;
             seen += n;
             pb.inc(1);
             let secs = t0.elapsed().as_secs_f64().max(1e-9);

@@ -31,7 +31,12 @@ pub(crate) fn node_error(node: &Node, e: E) -> Error {
 impl Graph {
     /// Runs the graph on `inputs` (by graph input name) and returns the graph outputs in order.
     /// Static dims of the declared input shapes are checked.
+    /// Runs on a worker of the kernels' thread pool ([`cnnkit_core::on_worker`]).
     pub fn run(&self, inputs: &[(&str, Tensor)]) -> Result<Vec<Tensor>> {
+        cnnkit_core::on_worker(|| self.run_here(inputs))
+    }
+
+    fn run_here(&self, inputs: &[(&str, Tensor)]) -> Result<Vec<Tensor>> {
         let _guard = cnnkit_core::no_grad();
         // Activations freed below are reused for later nodes' outputs (and, when the caller
         // holds its own scope across runs, for the next run's): see cnnkit_core::recycle.

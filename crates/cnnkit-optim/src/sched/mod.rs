@@ -34,7 +34,7 @@ use crate::Optimizer;
 use cnnkit_core::{Error, Result};
 
 /// What every scheduler offers.
-pub trait LrScheduler {
+pub trait LrScheduler: Send {
     /// Advances one step (PyTorch's `scheduler.step()`) and writes each group's new lr into `opt`.
     fn step(&mut self, opt: &mut dyn Optimizer) -> Result<()>;
     /// Jumps to `epoch` and writes that epoch's lrs (PyTorch's closed-form `_update_lr(epoch)`;
