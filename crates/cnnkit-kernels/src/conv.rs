@@ -198,6 +198,14 @@ pub fn conv2d_forward<T: Float>(g: &ConvGeom, x: &[T], w: &[T], b: Option<&[T]>,
                 };
                 let wg = &w[grp * cog * kr..(grp + 1) * cog * kr];
                 let out = &mut yi[grp * cog * p..(grp + 1) * cog * p];
+                // The bias goes in first and the GEMM accumulates onto it: one write pass
+                // instead of a read-modify-write pass over the finished output.
+                let acc = b.is_some();
+                if let Some(b) = b {
+                    for (row, &bv) in out.chunks_exact_mut(p.max(1)).zip(&b[grp * cog..(grp + 1) * cog]) {
+                        row.fill(bv);
+                    }
+                }
                 let t = crate::num_threads();
                 if par && t > 1 && cog >= 64 * t {
                     // Output channels split over threads, one single-threaded GEMM each: the
@@ -207,17 +215,12 @@ pub fn conv2d_forward<T: Float>(g: &ConvGeom, x: &[T], w: &[T], b: Option<&[T]>,
                     let cm = MatRef::row_major(colm, kr, p);
                     out.par_chunks_mut(rows * p)
                         .zip(wg.par_chunks(rows * kr))
-                        .for_each(|(o, wr)| gemm(MatRef::row_major(wr, wr.len() / kr, kr), cm, o, false, false));
+                        .for_each(|(o, wr)| gemm(MatRef::row_major(wr, wr.len() / kr, kr), cm, o, acc, false));
                 } else {
-                    gemm(MatRef::row_major(wg, cog, kr), MatRef::row_major(colm, kr, p), out, false, par);
+                    gemm(MatRef::row_major(wg, cog, kr), MatRef::row_major(colm, kr, p), out, acc, par);
                 }
             }
         });
-        if let Some(b) = b {
-            for (co, row) in yi.chunks_mut(p).enumerate() {
-                row.iter_mut().for_each(|v| *v += b[co]);
-            }
-        }
     });
 }
 
@@ -253,15 +256,18 @@ fn forward_banded<T: Float>(g: &ConvGeom, x: &[T], w: &[T], b: Option<&[T]>, y: 
             out
         })
         .collect();
-    // Each band's (C_out, n) block goes to its columns of y, with the bias.
-    for (bi, part) in parts.iter().enumerate() {
-        let c0 = bi * rows * ow;
-        let n = part.len() / g.c_out;
-        for co in 0..g.c_out {
-            let bias = b.map_or(T::zero(), |b| b[co]);
-            y[co * p + c0..co * p + c0 + n].iter_mut().zip(&part[co * n..(co + 1) * n]).for_each(|(d, &v)| *d = v + bias);
-        }
-    }
+    // Each band's (C_out, n) block goes to its columns of y, with the bias; parallel over
+    // output channels (a serial copy was ~0.3 ms of ResNet's 7×7 stem at batch 1).
+    y[..g.c_out * p].par_chunks_mut(p).enumerate().for_each(|(co, yrow)| {
+        let bias = b.map_or(T::zero(), |b| b[co]);
+        crate::simd::with_best_isa(|| {
+            for (bi, part) in parts.iter().enumerate() {
+                let c0 = bi * rows * ow;
+                let n = part.len() / g.c_out;
+                yrow[c0..c0 + n].iter_mut().zip(&part[co * n..(co + 1) * n]).for_each(|(d, &v)| *d = v + bias);
+            }
+        })
+    });
     true
 }
 
