@@ -61,45 +61,94 @@ pub fn im2col<T: Float>(g: &ConvGeom, x: &[T], cols: &mut [T]) {
     im2col_rows(g, x, 0, g.oh_ow().0, cols)
 }
 
+/// dst = src (src at least as long) without a memcpy call for short rows: fixed-size block
+/// moves, which LLVM emits as vector loads and stores, the last block overlapping the one
+/// before. (The 7- and 14-wide rows of ResNet's last stages made im2col mostly call overhead.)
+#[inline(always)]
+fn copy_row<T: Float>(dst: &mut [T], src: &[T]) {
+    let n = dst.len();
+    let src = &src[..n];
+    if n >= 64 {
+        dst.copy_from_slice(src);
+    } else if n >= 8 {
+        copy_blocks::<T, 8>(dst, src);
+    } else if n >= 4 {
+        copy_blocks::<T, 4>(dst, src);
+    } else {
+        dst.iter_mut().zip(src).for_each(|(d, &v)| *d = v);
+    }
+}
+
+/// [`copy_row`] in blocks of B elements; needs B <= dst.len() == src.len().
+#[inline(always)]
+fn copy_blocks<T: Float, const B: usize>(dst: &mut [T], src: &[T]) {
+    let n = dst.len();
+    let block = |i: usize, dst: &mut [T]| {
+        if let Ok(b) = <[T; B]>::try_from(&src[i..i + B]) {
+            dst[i..i + B].copy_from_slice(&b);
+        }
+    };
+    let mut i = 0;
+    while i + B <= n {
+        block(i, dst);
+        i += B;
+    }
+    if i < n {
+        block(n - B, dst);
+    }
+}
+
+best_isa_fn!(pub im2col_rows, im2col_rows_avx2, im2col_rows_impl, (g: &ConvGeom, x: &[T], oy0: usize, oy1: usize, cols: &mut [T]));
+
 /// im2col restricted to output rows oy0..oy1: cols (C_in/G·KH·KW, (oy1−oy0)·OW).
-pub fn im2col_rows<T: Float>(g: &ConvGeom, x: &[T], oy0: usize, oy1: usize, cols: &mut [T]) {
+///
+/// Per input row used, the row is copied once into a zero-padded buffer (the padding columns
+/// become real zeros) and, for column strides S > 1, split into S phases (phase r holds padded
+/// columns r, r + S, …). Tap column kj of every output in the row then starts at padded column
+/// kj·dw and is one contiguous run of OW elements in phase (kj·dw) % S: a single short copy per
+/// (tap, output row) with no bounds tests or zero-filling.
+#[inline(always)]
+fn im2col_rows_impl<T: Float>(g: &ConvGeom, x: &[T], oy0: usize, oy1: usize, cols: &mut [T]) {
     let ow = g.oh_ow().1;
     let oh = oy1 - oy0;
     let cpg = g.c_in / g.groups;
     let (sh, sw) = g.stride;
     let (ph, pw) = g.padding;
     let (dh, dw) = g.dilation;
+    let wpad = g.w + 2 * pw;
+    let plen = wpad.div_ceil(sw);
+    let mut padded = vec![T::zero(); wpad + sw * plen];
+    let (prow, phases) = padded.split_at_mut(wpad);
+    let kk = g.kh * g.kw;
     for c in 0..cpg {
         let plane = &x[c * g.h * g.w..(c + 1) * g.h * g.w];
+        let crows = &mut cols[c * kk * oh * ow..(c + 1) * kk * oh * ow];
         for ki in 0..g.kh {
-            for kj in 0..g.kw {
-                let row = (c * g.kh + ki) * g.kw + kj;
-                let out = &mut cols[row * oh * ow..(row + 1) * oh * ow];
-                for oy in 0..oh {
-                    let iy = ((oy + oy0) * sh + ki * dh) as isize - ph as isize;
-                    let orow = &mut out[oy * ow..(oy + 1) * ow];
-                    if iy < 0 || iy >= g.h as isize {
-                        orow.iter_mut().for_each(|v| *v = T::zero());
-                        continue;
+            for oy in 0..oh {
+                let iy = ((oy + oy0) * sh + ki * dh) as isize - ph as isize;
+                let at = |kj: usize| ((ki * g.kw + kj) * oh + oy) * ow;
+                if iy < 0 || iy >= g.h as isize {
+                    for kj in 0..g.kw {
+                        crows[at(kj)..at(kj) + ow].fill(T::zero());
                     }
-                    let src = &plane[iy as usize * g.w..(iy as usize + 1) * g.w];
-                    let off = (kj * dw) as isize - pw as isize;
-                    if sw == 1 {
-                        // Contiguous run: the valid ox are those with 0 <= ox + off < W.
-                        let lo = (-off).clamp(0, ow as isize) as usize;
-                        let hi = (g.w as isize - off).clamp(0, ow as isize) as usize;
-                        orow[..lo].iter_mut().for_each(|v| *v = T::zero());
-                        if hi > lo {
-                            let s = (lo as isize + off) as usize;
-                            orow[lo..hi].copy_from_slice(&src[s..s + hi - lo]);
-                        }
-                        orow[hi.max(lo)..].iter_mut().for_each(|v| *v = T::zero());
-                    } else {
-                        for (ox, o) in orow.iter_mut().enumerate() {
-                            let ix = (ox * sw) as isize + off;
-                            *o = if ix >= 0 && ix < g.w as isize { src[ix as usize] } else { T::zero() };
+                    continue;
+                }
+                let iy = iy as usize;
+                prow[pw..pw + g.w].copy_from_slice(&plane[iy * g.w..(iy + 1) * g.w]);
+                let src: &[T] = if sw == 1 {
+                    prow
+                } else {
+                    for (r, ph) in phases.chunks_exact_mut(plen).enumerate() {
+                        for (j, d) in ph.iter_mut().enumerate() {
+                            *d = prow.get(j * sw + r).copied().unwrap_or(T::zero());
                         }
                     }
+                    phases
+                };
+                for kj in 0..g.kw {
+                    let start = kj * dw;
+                    let from = (start % sw) * plen + start / sw;
+                    copy_row(&mut crows[at(kj)..at(kj) + ow], &src[from..from + ow]);
                 }
             }
         }

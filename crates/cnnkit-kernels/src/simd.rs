@@ -43,13 +43,13 @@ pub fn with_best_isa<R>(f: impl FnOnce() -> R) -> R {
 /// wrapper, which silently leaves the loops at SSE2 width (measured: the Winograd transforms
 /// and the depthwise plane kernels ran with 128-bit registers).
 macro_rules! best_isa_fn {
-    ($name:ident, $avx2:ident, $inner:ident, ($($arg:ident: $ty:ty),*)) => {
+    ($vis:vis $name:ident, $avx2:ident, $inner:ident, ($($arg:ident: $ty:ty),*)) => {
         #[cfg(target_arch = "x86_64")]
         #[target_feature(enable = "avx2,fma")]
         unsafe fn $avx2<T: crate::Float>($($arg: $ty),*) {
             $inner($($arg),*)
         }
-        fn $name<T: crate::Float>($($arg: $ty),*) {
+        $vis fn $name<T: crate::Float>($($arg: $ty),*) {
             #[cfg(target_arch = "x86_64")]
             if crate::simd::has_avx2_fma() {
                 // SAFETY: the CPU was just checked to support AVX2 and FMA.
