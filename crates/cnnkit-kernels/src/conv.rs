@@ -397,6 +397,9 @@ pub fn conv2d_backward_weight<T: Float>(g: &ConvGeom, x: &[T], gy: &[T], gw: &mu
     if depthwise::applies(g) {
         return depthwise::backward_weight(g, x, gy, gw);
     }
+    if crate::winograd::applies(g) {
+        return crate::winograd::backward_weight(g, x, gy, gw);
+    }
     let (oh, ow) = g.oh_ow();
     let p = oh * ow;
     let kr = g.col_rows();

@@ -279,6 +279,122 @@ fn g3<T: Float>(src: &[T], sp: Pl, dst: &mut [T], dp: Pl, n: usize) {
     }
 }
 
+/// gw = d(conv)/dw · gy summed over the batch, for convolutions where [`applies`] holds, by
+/// Winograd. The forward tile is Y = Aᵀ [U ⊙ V] A with U = G g Gᵀ, so by the chain rule
+/// dL/dU = (A dY Aᵀ) ⊙ V and dL/dg = Gᵀ (dL/dU) G, summed over tiles. Per transform point ξ
+/// the sum over tiles is one matrix product:
+///
+///   M_ξ (C_out, C_in) = Ŷ_ξ (C_out, tiles) · V_ξ (C_in, tiles)ᵀ,   Ŷ = A dY Aᵀ per tile,
+///
+/// 36 multiply-adds per (C_out, C_in, tile) instead of 144 for im2col + GEMM. Blocks of tile
+/// rows are split over the threads, each accumulating its own M; the partial M are summed and
+/// gw = Gᵀ M G per filter at the end.
+/// x: (N, C_in, H, W); gy: (N, C_out, OH, OW); gw: (C_out, C_in, 3, 3) (overwritten).
+pub fn backward_weight<T: Float>(g: &ConvGeom, x: &[T], gy: &[T], gw: &mut [T]) {
+    assert!(
+        g.kh == 3 && g.kw == 3 && g.stride == (1, 1) && g.dilation == (1, 1) && g.groups == 1 && g.padding.0 <= 2 && g.padding.1 <= 2,
+        "winograd: unsupported geometry {g:?}"
+    );
+    let (oh, ow) = g.out_hw().expect("ConvGeom checked by caller");
+    assert!(x.len() >= g.n * g.c_in * g.h * g.w && gy.len() >= g.n * g.c_out * oh * ow && gw.len() >= g.c_out * g.c_in * 9);
+    let (cin, cout) = (g.c_in, g.c_out);
+    let (th, tw) = (oh.div_ceil(M_T), ow.div_ceil(M_T));
+    let rows = g.n * th;
+    let threads = crate::num_threads().max(1);
+    let per_tile = NXI * (cin + cout) * std::mem::size_of::<T>();
+    let rpb = ((BLOCK_BYTES / per_tile).max(MIN_TILES) / tw).max(1).min(rows.max(1));
+    let nblk = rows.div_ceil(rpb);
+    // Contiguous runs of blocks, one per thread (fewer when there are fewer blocks).
+    let groups = threads.min(nblk).max(1);
+    let per_group = nblk.div_ceil(groups);
+    let mlen = NXI * cout * cin;
+    let partial: Vec<Vec<T>> = (0..groups)
+        .into_par_iter()
+        .map(|gi| {
+            let mut m = vec![T::zero(); mlen];
+            let par = groups == 1;
+            for bi in gi * per_group..((gi + 1) * per_group).min(nblk) {
+                let q0 = bi * rpb;
+                let q1 = (q0 + rpb).min(rows);
+                let nb = (q1 - q0) * tw;
+                let nbp = nb.div_ceil(LANES) * LANES;
+                let (v_len, y_len) = (NXI * cin * nbp, NXI * cout * nbp);
+                T::with_scratch(v_len + y_len + 2 * NXI * nbp + A_T * (M_T * tw + 2), |buf| {
+                    let (v, rest) = buf.split_at_mut(v_len);
+                    let (yh, rest) = rest.split_at_mut(y_len);
+                    let (t1, rest) = rest.split_at_mut(NXI * nbp);
+                    let (t2, pad) = rest.split_at_mut(NXI * nbp);
+                    let blk = Block { g, oh, ow, th, tw, q0, q1, nbp };
+                    input_transform_best(&blk, x, v, t1, t2, pad);
+                    grad_transform_best(&blk, gy, yh, t1, t2);
+                    for xi in 0..NXI {
+                        let a = MatRef { data: &yh[xi * cout * nbp..], rows: cout, cols: nb, rs: nbp as isize, cs: 1 };
+                        let bt = MatRef { data: &v[xi * cin * nbp..], rows: nb, cols: cin, rs: 1, cs: nbp as isize };
+                        gemm_strided(a, bt, &mut m[xi * cout * cin..(xi + 1) * cout * cin], cin as isize, 1, true, par);
+                    }
+                });
+            }
+            m
+        })
+        .collect();
+    // gw = Gᵀ (Σ partial M) G, per filter; parallel over output channels.
+    gw[..cout * cin * 9].par_chunks_mut(cin * 9).enumerate().for_each(|(co, gwc)| {
+        for (ci, f) in gwc.chunks_exact_mut(9).enumerate() {
+            let mut mm = [T::zero(); NXI];
+            for (xi, v) in mm.iter_mut().enumerate() {
+                let at = (xi * cout + co) * cin + ci;
+                *v = partial.iter().fold(T::zero(), |s, p| s + p[at]);
+            }
+            // Along b (W) for each a, then along a (H): 6 → 3 each, Gᵀ's rows.
+            let mut half = [T::zero(); A_T * 3];
+            for a in 0..A_T {
+                let o = gt3(&mm[A_T * a..A_T * a + A_T]);
+                half[3 * a..3 * a + 3].copy_from_slice(&o);
+            }
+            for kj in 0..3 {
+                let col: [T; A_T] = std::array::from_fn(|a| half[3 * a + kj]);
+                let o = gt3(&col);
+                for ki in 0..3 {
+                    f[3 * ki + kj] = o[ki];
+                }
+            }
+        }
+    });
+}
+
+/// Gᵀ·m along one axis: 6 values in, 3 out. Gᵀ is the transpose of G (see [`g3`]):
+///   [1/4 −1/6 −1/6 1/24 1/24 0; 0 −1/6 1/6 1/12 −1/12 0; 0 −1/6 −1/6 1/6 1/6 1]
+#[inline(always)]
+fn gt3<T: Float>(m: &[T]) -> [T; 3] {
+    let (q, s6, s12, s24) = (cst::<T>(0.25), cst::<T>(1.0 / 6.0), cst::<T>(1.0 / 12.0), cst::<T>(1.0 / 24.0));
+    let (s12_, d12) = (m[1] + m[2], m[2] - m[1]);
+    let (s34, d34) = (m[3] + m[4], m[3] - m[4]);
+    [q * m[0] - s6 * s12_ + s24 * s34, s6 * d12 + s12 * d34, s6 * (s34 - s12_) + m[5]]
+}
+
+/// out = A·gy along one axis, per lane: 4 planes in, 6 out. A is the transpose of Aᵀ (see
+/// [`at6`]): rows [1 0 0 0; 1 1 1 1; 1 −1 1 −1; 1 2 4 8; 1 −2 4 −8; 0 0 0 1].
+#[inline(always)]
+fn a4<T: Float>(src: &[T], sp: Pl, dst: &mut [T], dp: Pl, n: usize) {
+    let (two, four, eight) = (cst::<T>(2.0), cst::<T>(4.0), cst::<T>(8.0));
+    for l0 in (0..n).step_by(LANES) {
+        let d: [[T; LANES]; 4] = load(src, sp, l0);
+        let mut o = [[T::zero(); LANES]; 6];
+        for l in 0..LANES {
+            let [g0, g1, g2, g3] = [d[0][l], d[1][l], d[2][l], d[3][l]];
+            let (e, od) = (g0 + g2, g1 + g3);
+            let (e4, od2) = (g0 + four * g2, two * g1 + eight * g3);
+            o[0][l] = g0;
+            o[1][l] = e + od;
+            o[2][l] = e - od;
+            o[3][l] = e4 + od2;
+            o[4][l] = e4 - od2;
+            o[5][l] = g3;
+        }
+        store(dst, dp, l0, &o);
+    }
+}
+
 /// U = G g Gᵀ for every filter. w: (C_out, C_in, 3, 3); u: (C_out, 36, C_in), ξ = 6a + b
 /// (a along H, b along W), so that U_ξ is a (C_out, C_in) matrix with row stride 36·C_in.
 /// Parallel over C_out; each output channel's filters are transformed C_in at a time.
@@ -339,6 +455,12 @@ fn output_transform_of<T: Float>(blk: &Block<'_>, m: &[T], b: Option<&[T]>, out:
 best_isa_fn!(input_transform_best, input_transform_avx2, input_transform_of, (blk: &Block<'_>, x: &[T], v: &mut [T], d: &mut [T], h: &mut [T], pad: &mut [T]));
 best_isa_fn!(output_transform_best, output_transform_avx2, output_transform_of, (blk: &Block<'_>, m: &[T], b: Option<&[T]>, out: &OutPtr<T>, s: &mut [T], t: &mut [T]));
 
+#[inline(always)]
+fn grad_transform_of<T: Float>(blk: &Block<'_>, gy: &[T], yh: &mut [T], d: &mut [T], h: &mut [T]) {
+    blk.grad_transform(gy, yh, d, h)
+}
+best_isa_fn!(grad_transform_best, grad_transform_avx2, grad_transform_of, (blk: &Block<'_>, gy: &[T], yh: &mut [T], d: &mut [T], h: &mut [T]));
+
 impl Block<'_> {
     /// V = Bᵀ d B for every input channel and tile of the block. x: (N, C_in, H, W);
     /// v: (36, C_in, nbp); d, h: 36·nbp scratch each; pad: 6·(4·tw + 2) scratch.
@@ -398,6 +520,44 @@ impl Block<'_> {
             // Along H: V[6a + k][c] = Σ_i Bᵀ[a][i] h(i, k).
             for k in 0..A_T {
                 bt6(h, Pl { off: k * nbp, stride: A_T * nbp }, v, Pl { off: (k * g.c_in + c) * nbp, stride: A_T * g.c_in * nbp }, nbp);
+            }
+        }
+    }
+
+    /// Ŷ = A dY Aᵀ for every output channel and tile of the block (dY zero outside the
+    /// output). gy: (N, C_out, OH, OW); yh: (36, C_out, nbp); d: 16·nbp and h: 24·nbp scratch.
+    #[inline(always)]
+    fn grad_transform<T: Float>(&self, gy: &[T], yh: &mut [T], d: &mut [T], h: &mut [T]) {
+        let g = self.g;
+        let (nbp, tw) = (self.nbp, self.tw);
+        let (oh, ow) = (self.oh, self.ow);
+        let full = ow / M_T;
+        for co in 0..g.c_out {
+            // d: plane 4r + c holds gy pixel (r, c) of every tile.
+            d[..M_T * M_T * nbp].fill(T::zero());
+            for q in self.q0..self.q1 {
+                let (img, ty) = (q / self.th, q % self.th);
+                let base = (q - self.q0) * tw;
+                for r in 0..M_T.min(oh - M_T * ty) {
+                    let oy = M_T * ty + r;
+                    let src = &gy[((img * g.c_out + co) * oh + oy) * ow..][..ow];
+                    for (tx, s) in src.chunks_exact(M_T).enumerate().take(full) {
+                        for (c, &v) in s.iter().enumerate() {
+                            d[(M_T * r + c) * nbp + base + tx] = v;
+                        }
+                    }
+                    for (k, &v) in src.iter().enumerate().skip(full * M_T) {
+                        d[(M_T * r + k % M_T) * nbp + base + k / M_T] = v;
+                    }
+                }
+            }
+            // Along W: h plane 6r + b = Σ_c A[b][c] d(r, c).
+            for r in 0..M_T {
+                a4(d, Pl { off: M_T * r * nbp, stride: nbp }, h, Pl { off: A_T * r * nbp, stride: nbp }, nbp);
+            }
+            // Along H: Ŷ[6a + b][co] = Σ_r A[a][r] h(r, b).
+            for b in 0..A_T {
+                a4(h, Pl { off: b * nbp, stride: A_T * nbp }, yh, Pl { off: (b * g.c_out + co) * nbp, stride: A_T * g.c_out * nbp }, nbp);
             }
         }
     }
@@ -566,6 +726,50 @@ mod tests {
                 .map(|(a, b)| (a - b).abs())
                 .fold(0.0, |m: f64, d: f64| if d.is_nan() { f64::INFINITY } else { m.max(d) });
             assert!(e < 1e-12, "pad {p}: {e}");
+        }
+    }
+
+    /// The weight gradient in f64: exact up to rounding for every padding, partial tiles and
+    /// several blocks and threads' partial sums (a 2×17×18 layer at 37×29 has 160 tiles).
+    #[test]
+    fn backward_weight_matches_naive() {
+        for &(n, p, h, w) in &[(2usize, 0usize, 9usize, 7usize), (2, 1, 10, 13), (1, 2, 6, 5), (3, 1, 37, 29)] {
+            let g = geom(n, 17, 18, h, w, (p, p));
+            let (oh, ow) = g.out_hw().unwrap();
+            let mut s = 5 + p as u64;
+            let (x, wt, gy) = (uniform(n * 17 * h * w, &mut s), uniform(18 * 17 * 9, &mut s), uniform(n * 18 * oh * ow, &mut s));
+            let (_, want) = reference::conv2d_backward_naive(&g, &x, &wt, &gy);
+            let mut gw = vec![f64::NAN; wt.len()];
+            backward_weight(&g, &x, &gy, &mut gw);
+            let e = gw
+                .iter()
+                .zip(&want)
+                .map(|(a, b)| (a - b).abs())
+                .fold(0.0, |m: f64, d: f64| if d.is_nan() { f64::INFINITY } else { m.max(d) });
+            assert!(e < 1e-11, "n {n} pad {p} {h}×{w}: {e}");
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(32))]
+        /// f32 Winograd weight gradient vs the f64 naive one on random shapes. Tolerance as
+        /// for the forward below, relative to the largest Σ|gy|·|x| over the filter taps.
+        #[test]
+        fn backward_weight_f32_matches_naive(n in 1usize..4, cin in 1usize..21, cout in 1usize..21, h in 1usize..25,
+                                             w in 1usize..25, p in 0usize..3, seed in 0u64..10_000) {
+            let g = geom(n, cin, cout, h, w, (p, p));
+            prop_assume!(g.out_hw().is_some());
+            let (oh, ow) = g.out_hw().unwrap();
+            let mut s = seed;
+            let (x, wt, gy) = (uniform(n * cin * h * w, &mut s), uniform(cout * cin * 9, &mut s), uniform(n * cout * oh * ow, &mut s));
+            let (_, want) = reference::conv2d_backward_naive(&g, &x, &wt, &gy);
+            let abs = |v: &[f64]| -> Vec<f64> { v.iter().map(|a| a.abs()).collect() };
+            let (_, scale) = reference::conv2d_backward_naive(&g, &abs(&x), &wt, &abs(&gy));
+            let scale = scale.iter().fold(f64::MIN_POSITIVE, |m, v| m.max(v.abs()));
+            let mut gw = vec![f32::NAN; wt.len()];
+            backward_weight(&g, &to_f32(&x), &to_f32(&gy), &mut gw);
+            let e = gw.iter().zip(&want).map(|(&a, b)| (a as f64 - b).abs()).fold(0.0, |m: f64, d: f64| if d.is_nan() { f64::INFINITY } else { m.max(d) });
+            prop_assert!(e / scale <= 1e-4, "scaled error {:.3e} for {:?}", e / scale, g);
         }
     }
 
