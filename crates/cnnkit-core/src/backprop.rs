@@ -395,12 +395,7 @@ fn batch_norm_backward<T: FloatElem>(
                     let (mut sg, mut sgx) = (0.0f64, 0.0f64);
                     for i in 0..n {
                         let r = (i * c + ch) * sp..(i * c + ch + 1) * sp;
-                        let (a, b) = cnnkit_kernels::simd::with_best_isa(|| {
-                            crate::nn_ops::sum2_lanes(&gv[r.clone()], &xv[r], |gg: T, xx: T| {
-                                let gg = gg.as_f64();
-                                (gg, gg * (xx.as_f64() - mean[ch]))
-                            })
-                        });
+                        let (a, b) = cnnkit_kernels::simd::sums_dev_f64(&gv[r.clone()], &xv[r], mean[ch]);
                         sg += a;
                         sgx += b;
                     }

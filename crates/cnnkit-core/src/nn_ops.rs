@@ -69,31 +69,6 @@ fn same_dtype(op: &'static str, a: &Tensor, b: &Tensor) -> Result<()> {
     Ok(())
 }
 
-/// (Σ f(a_i, b_i).0, Σ f(a_i, b_i).1) over zipped slices in f64, with eight partial sums per
-/// total so the loop vectorises: one f64 accumulator is a chain of dependent adds (measured:
-/// BatchNorm's statistics and backward sums were ~20% of a MobileNet training step).
-#[inline(always)]
-pub(crate) fn sum2_lanes<A: Copy, B: Copy>(a: &[A], b: &[B], f: impl Fn(A, B) -> (f64, f64)) -> (f64, f64) {
-    const L: usize = 8;
-    let (mut s, mut t) = ([0f64; L], [0f64; L]);
-    let (ca, cb) = (a.chunks_exact(L), b.chunks_exact(L));
-    let (ra, rb) = (ca.remainder(), cb.remainder());
-    for (pa, pb) in ca.zip(cb) {
-        for l in 0..L {
-            let (u, v) = f(pa[l], pb[l]);
-            s[l] += u;
-            t[l] += v;
-        }
-    }
-    let (mut su, mut tv) = (0.0, 0.0);
-    for (&x, &y) in ra.iter().zip(rb) {
-        let (u, v) = f(x, y);
-        su += u;
-        tv += v;
-    }
-    (s.iter().sum::<f64>() + su, t.iter().sum::<f64>() + tv)
-}
-
 impl Tensor {
     /// Matrix product with PyTorch's `matmul` rules: 1-d operands are promoted, batch dims broadcast.
     pub fn matmul(&self, other: &Tensor) -> Result<Tensor> {
@@ -416,9 +391,10 @@ impl Tensor {
                 }
                 let stats: Vec<(f64, f64)> = (0..c).into_par_iter().map(|ch| {
                     let plane = |i: usize| &x[(i * c + ch) * sp..(i * c + ch + 1) * sp];
-                    let s: f64 = (0..n).map(|i| cnnkit_kernels::simd::with_best_isa(|| sum2_lanes(plane(i), plane(i), |v, _| (v.as_f64(), 0.0)).0)).sum();
+                    // Vectorised f64 sums (cnnkit_kernels::simd): a serial f64 sum was ~10% of a MobileNet step.
+                    let s: f64 = (0..n).map(|i| cnnkit_kernels::simd::sum_sq_dev_f64(plane(i), 0.0).0).sum();
                     let mu = s / m as f64;
-                    let q: f64 = (0..n).map(|i| cnnkit_kernels::simd::with_best_isa(|| sum2_lanes(plane(i), plane(i), |v, _| { let d = v.as_f64() - mu; (d * d, 0.0) }).0)).sum();
+                    let q: f64 = (0..n).map(|i| cnnkit_kernels::simd::sum_sq_dev_f64(plane(i), mu).1).sum();
                     (mu, q / m as f64)
                 }).collect();
                 let (mean, var): (Vec<f64>, Vec<f64>) = stats.into_iter().unzip();

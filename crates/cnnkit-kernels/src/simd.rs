@@ -43,13 +43,13 @@ pub fn with_best_isa<R>(f: impl FnOnce() -> R) -> R {
 /// wrapper, which silently leaves the loops at SSE2 width (measured: the Winograd transforms
 /// and the depthwise plane kernels ran with 128-bit registers).
 macro_rules! best_isa_fn {
-    ($vis:vis $name:ident, $avx2:ident, $inner:ident, ($($arg:ident: $ty:ty),*)) => {
+    ($vis:vis $name:ident, $avx2:ident, $inner:ident, ($($arg:ident: $ty:ty),*) $(-> $ret:ty)?) => {
         #[cfg(target_arch = "x86_64")]
         #[target_feature(enable = "avx2,fma")]
-        unsafe fn $avx2<T: crate::Float>($($arg: $ty),*) {
+        unsafe fn $avx2<T: crate::Float>($($arg: $ty),*) $(-> $ret)? {
             $inner($($arg),*)
         }
-        $vis fn $name<T: crate::Float>($($arg: $ty),*) {
+        $vis fn $name<T: crate::Float>($($arg: $ty),*) $(-> $ret)? {
             #[cfg(target_arch = "x86_64")]
             if crate::simd::has_avx2_fma() {
                 // SAFETY: the CPU was just checked to support AVX2 and FMA.
@@ -59,6 +59,7 @@ macro_rules! best_isa_fn {
         }
     };
 }
+
 /// Elements per parallel task in the elementwise kernels: large enough to amortise task
 /// overhead, small enough to balance two or more cores.
 pub const CHUNK: usize = 1 << 14;
@@ -160,6 +161,219 @@ mod tests {
         for (j, v) in s.iter().enumerate() {
             let want: f64 = x[j * 1001..(j + 1) * 1001].iter().map(|&v| v as f64).sum();
             assert!((v - want).abs() < 1e-9);
+        }
+    }
+}
+
+/// Partial sums per reduction below: eight independent accumulators, so LLVM vectorises the
+/// loop (a single accumulator is a serial chain of dependent adds).
+const RL: usize = 8;
+/// Elements summed in T (f32 for f32 data) before the block's total goes into the f64 sum:
+/// 128 adds per lane keep the f32 rounding near 1e-6 relative while the inner loop stays in
+/// f32 vector registers (f64 accumulation of f32 data did not vectorise).
+const RBLOCK: usize = 1024;
+
+#[inline(always)]
+fn f64_of<T: crate::Float>(v: T) -> f64 {
+    v.to_f64().unwrap_or(f64::NAN)
+}
+
+#[inline(always)]
+fn t_of<T: crate::Float>(v: f64) -> T {
+    T::from_f64(v).unwrap_or(T::nan())
+}
+
+/// (Σ a, Σ a·(b − mean)), blockwise in T and across blocks in f64. a, b: the same length
+/// (BatchNorm backward: a = gy, b = x).
+#[inline(always)]
+fn sums_dev_impl<T: crate::Float>(a: &[T], b: &[T], mean: f64) -> (f64, f64) {
+    let m = t_of::<T>(mean);
+    let (mut s64, mut t64) = (0.0, 0.0);
+    for (ba, bb) in a.chunks(RBLOCK).zip(b.chunks(RBLOCK)) {
+        let (mut s, mut t) = ([T::zero(); RL], [T::zero(); RL]);
+        let (ca, cb) = (ba.chunks_exact(RL), bb.chunks_exact(RL));
+        let (ra, rb) = (ca.remainder(), cb.remainder());
+        for (pa, pb) in ca.zip(cb) {
+            // Fixed-size copies: with them LLVM turns the lane loop into vector operations.
+            let (Ok(pa), Ok(pb)) = (<[T; RL]>::try_from(pa), <[T; RL]>::try_from(pb)) else { continue };
+            let d: [T; RL] = std::array::from_fn(|l| pb[l] - m);
+            for l in 0..RL {
+                s[l] += pa[l];
+                t[l] += pa[l] * d[l];
+            }
+        }
+        // The tail into its own sums: indexing the lanes by a loop variable would keep them
+        // in memory (and the loop above scalar).
+        let (mut st, mut tt) = (T::zero(), T::zero());
+        for (&u, &v) in ra.iter().zip(rb) {
+            st += u;
+            tt += u * (v - m);
+        }
+        s64 += s.iter().fold(f64_of(st), |acc, &v| acc + f64_of(v));
+        t64 += t.iter().fold(f64_of(tt), |acc, &v| acc + f64_of(v));
+    }
+    (s64, t64)
+}
+best_isa_fn!(sums_dev_best, sums_dev_avx2, sums_dev_impl, (a: &[T], b: &[T], mean: f64) -> (f64, f64));
+
+/// `x` as &[f32] when T is f32.
+fn as_f32<T: 'static>(x: &[T]) -> Option<&[f32]> {
+    if std::any::TypeId::of::<T>() == std::any::TypeId::of::<f32>() {
+        // SAFETY: T is f32 (same type, so same size, alignment and validity).
+        Some(unsafe { std::slice::from_raw_parts(x.as_ptr() as *const f32, x.len()) })
+    } else {
+        None
+    }
+}
+
+/// [`sums_dev_impl`] for f32 with explicit AVX2 + FMA: LLVM leaves the generic lane loops
+/// scalar here (measured: 7% of a MobileNet training step in scalar vsubss/vmovss).
+/// SAFETY: the CPU must support AVX2 and FMA.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn sums_dev_f32_avx2(a: &[f32], b: &[f32], mean: f64) -> (f64, f64) {
+    use std::arch::x86_64::*;
+    let hsum = |v: __m256| -> f64 {
+        let mut l = [0f32; 8];
+        // SAFETY: l holds 8 f32.
+        unsafe { _mm256_storeu_ps(l.as_mut_ptr(), v) };
+        l.iter().map(|&x| x as f64).sum()
+    };
+    let m = _mm256_set1_ps(mean as f32);
+    let (mut s64, mut t64) = (0.0, 0.0);
+    let n = a.len().min(b.len());
+    for (ba, bb) in a[..n].chunks(RBLOCK).zip(b[..n].chunks(RBLOCK)) {
+        let (mut s, mut t) = (_mm256_setzero_ps(), _mm256_setzero_ps());
+        let full = ba.len() / 8 * 8;
+        for i in (0..full).step_by(8) {
+            // SAFETY: i + 8 <= full <= ba.len() == bb.len().
+            let (va, vb) = unsafe { (_mm256_loadu_ps(ba.as_ptr().add(i)), _mm256_loadu_ps(bb.as_ptr().add(i))) };
+            s = _mm256_add_ps(s, va);
+            t = _mm256_fmadd_ps(va, _mm256_sub_ps(vb, m), t);
+        }
+        s64 += hsum(s);
+        t64 += hsum(t);
+        for (&u, &v) in ba[full..].iter().zip(&bb[full..]) {
+            s64 += u as f64;
+            t64 += u as f64 * (v as f64 - mean);
+        }
+    }
+    (s64, t64)
+}
+
+/// (Σ a, Σ a·(b − mean)), blockwise in T and across blocks in f64. a, b: the same length
+/// (BatchNorm backward: a = gy, b = x).
+pub fn sums_dev_f64<T: crate::Float>(a: &[T], b: &[T], mean: f64) -> (f64, f64) {
+    #[cfg(target_arch = "x86_64")]
+    if let (Some(a), Some(b), true) = (as_f32(a), as_f32(b), has_avx2_fma()) {
+        // SAFETY: the CPU was just checked to support AVX2 and FMA.
+        return unsafe { sums_dev_f32_avx2(a, b, mean) };
+    }
+    sums_dev_best(a, b, mean)
+}
+
+/// (Σ x, Σ (x − mean)²), blockwise in T and across blocks in f64 (BatchNorm statistics: the
+/// sum with mean 0 first, then the squares around the mean).
+#[inline(always)]
+fn sum_sq_dev_impl<T: crate::Float>(x: &[T], mean: f64) -> (f64, f64) {
+    let m = t_of::<T>(mean);
+    let (mut s64, mut q64) = (0.0, 0.0);
+    for bx in x.chunks(RBLOCK) {
+        let (mut s, mut q) = ([T::zero(); RL], [T::zero(); RL]);
+        let cx = bx.chunks_exact(RL);
+        let rx = cx.remainder();
+        for p in cx {
+            let Ok(p) = <[T; RL]>::try_from(p) else { continue };
+            for l in 0..RL {
+                let d = p[l] - m;
+                s[l] += p[l];
+                q[l] += d * d;
+            }
+        }
+        let (mut st, mut qt) = (T::zero(), T::zero());
+        for &u in rx {
+            let d = u - m;
+            st += u;
+            qt += d * d;
+        }
+        s64 += s.iter().fold(f64_of(st), |acc, &v| acc + f64_of(v));
+        q64 += q.iter().fold(f64_of(qt), |acc, &v| acc + f64_of(v));
+    }
+    (s64, q64)
+}
+best_isa_fn!(sum_sq_dev_best, sum_sq_dev_avx2, sum_sq_dev_impl, (x: &[T], mean: f64) -> (f64, f64));
+
+/// [`sum_sq_dev_impl`] for f32 with explicit AVX2 + FMA (see [`sums_dev_f32_avx2`]).
+/// SAFETY: the CPU must support AVX2 and FMA.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn sum_sq_dev_f32_avx2(x: &[f32], mean: f64) -> (f64, f64) {
+    use std::arch::x86_64::*;
+    let hsum = |v: __m256| -> f64 {
+        let mut l = [0f32; 8];
+        // SAFETY: l holds 8 f32.
+        unsafe { _mm256_storeu_ps(l.as_mut_ptr(), v) };
+        l.iter().map(|&x| x as f64).sum()
+    };
+    let m = _mm256_set1_ps(mean as f32);
+    let (mut s64, mut q64) = (0.0, 0.0);
+    for bx in x.chunks(RBLOCK) {
+        let (mut s, mut q) = (_mm256_setzero_ps(), _mm256_setzero_ps());
+        let full = bx.len() / 8 * 8;
+        for i in (0..full).step_by(8) {
+            // SAFETY: i + 8 <= full <= bx.len().
+            let v = unsafe { _mm256_loadu_ps(bx.as_ptr().add(i)) };
+            let d = _mm256_sub_ps(v, m);
+            s = _mm256_add_ps(s, v);
+            q = _mm256_fmadd_ps(d, d, q);
+        }
+        s64 += hsum(s);
+        q64 += hsum(q);
+        for &u in &bx[full..] {
+            s64 += u as f64;
+            q64 += (u as f64 - mean) * (u as f64 - mean);
+        }
+    }
+    (s64, q64)
+}
+
+/// (Σ x, Σ (x − mean)²), blockwise in T and across blocks in f64 (BatchNorm statistics: the
+/// sum with mean 0 first, then the squares around the mean).
+pub fn sum_sq_dev_f64<T: crate::Float>(x: &[T], mean: f64) -> (f64, f64) {
+    #[cfg(target_arch = "x86_64")]
+    if let (Some(x), true) = (as_f32(x), has_avx2_fma()) {
+        // SAFETY: the CPU was just checked to support AVX2 and FMA.
+        return unsafe { sum_sq_dev_f32_avx2(x, mean) };
+    }
+    sum_sq_dev_best(x, mean)
+}
+
+#[cfg(test)]
+mod reduction_tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+        /// The vectorised f64-total reductions (f32 AVX2 path, generic path for f64) against
+        /// plain f64 sums, on lengths with tails and several blocks.
+        #[test]
+        fn reductions_match_f64_sums(n in 0usize..3000, seed in 0u64..1000, mean in -1.0f64..1.0) {
+            let mut s = seed;
+            let a: Vec<f64> = (0..n).map(|_| { s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407); ((s >> 33) as f64 / (1u64 << 31) as f64) - 0.5 }).collect();
+            let b: Vec<f64> = a.iter().rev().map(|v| v * 3.0 + 0.25).collect();
+            let (a32, b32): (Vec<f32>, Vec<f32>) = (a.iter().map(|&v| v as f32).collect(), b.iter().map(|&v| v as f32).collect());
+            let (a, b): (Vec<f64>, Vec<f64>) = (a32.iter().map(|&v| v as f64).collect(), b32.iter().map(|&v| v as f64).collect());
+            let want_s: f64 = a.iter().sum();
+            let want_t: f64 = a.iter().zip(&b).map(|(u, v)| u * (v - mean)).sum();
+            let want_q: f64 = a.iter().map(|u| (u - mean) * (u - mean)).sum();
+            let tol = 1e-5 * (n as f64 + 1.0);
+            for (s_, t_) in [sums_dev_f64(&a32, &b32, mean), sums_dev_f64(&a, &b, mean)] {
+                prop_assert!((s_ - want_s).abs() <= tol && (t_ - want_t).abs() <= tol, "{s_} {t_} vs {want_s} {want_t}");
+            }
+            for (s_, q_) in [sum_sq_dev_f64(&a32, mean), sum_sq_dev_f64(&a, mean)] {
+                prop_assert!((s_ - want_s).abs() <= tol && (q_ - want_q).abs() <= tol, "{s_} {q_} vs {want_s} {want_q}");
+            }
         }
     }
 }
