@@ -56,31 +56,23 @@ pub fn max_pool2d<T: Float>(g: &PoolGeom, x: &[T], y: &mut [T], idx: &mut [i64])
     let plane_in = g.h * g.w;
     let plain2x2 =
         g.kh == 2 && g.kw == 2 && g.stride == (2, 2) && g.padding == (0, 0) && g.dilation == (1, 1) && 2 * oh <= g.h && 2 * ow <= g.w;
+    if plain2x2 && oh * ow > 0 {
+        y.par_chunks_mut(oh * ow).zip(idx.par_chunks_mut(oh * ow)).enumerate().for_each(|(pi, (yp, ip))| {
+            T::with_scratch(4 * ow, |sc| max_pool_plane_2x2_best(g, oh, ow, &x[pi * plane_in..(pi + 1) * plane_in], yp, ip, sc))
+        });
+        return;
+    }
+    if g.dilation == (1, 1) && oh * ow > 0 {
+        let len = g.h * g.stride.1 * phase_width(g, ow);
+        y.par_chunks_mut(oh * ow).zip(idx.par_chunks_mut(oh * ow)).enumerate().for_each(|(pi, (yp, ip))| {
+            T::with_scratch(len, |ph| max_pool_plane_phased_idx_best(g, oh, ow, &x[pi * plane_in..(pi + 1) * plane_in], yp, ip, ph));
+        });
+        return;
+    }
+    // Dilated windows (the phased kernels above handle dilation 1).
     y.par_chunks_mut(oh * ow).zip(idx.par_chunks_mut(oh * ow)).enumerate().for_each(|(pi, (yp, ip))| {
         crate::simd::with_best_isa(|| {
             let xp = &x[pi * plane_in..(pi + 1) * plane_in];
-            if plain2x2 {
-                // The common 2×2/2 case: every window is inside the image. Branch-free selects:
-                // on real activations the comparisons are unpredictable.
-                for oy in 0..oh {
-                    let (r0, r1) = (2 * oy * g.w, (2 * oy + 1) * g.w);
-                    let (ra, rb) = (&xp[r0..r0 + 2 * ow], &xp[r1..r1 + 2 * ow]);
-                    let (yr, ir) = (&mut yp[oy * ow..(oy + 1) * ow], &mut ip[oy * ow..(oy + 1) * ow]);
-                    for ox in 0..ow {
-                        let c = 2 * ox;
-                        let (mut m, mut at) = (ra[c], r0 + c);
-                        // PyTorch's rule, in its scan order: a larger value or any NaN takes over.
-                        for (v, k) in [(ra[c + 1], r0 + c + 1), (rb[c], r1 + c), (rb[c + 1], r1 + c + 1)] {
-                            let take = (v > m) | v.is_nan();
-                            m = if take { v } else { m };
-                            at = if take { k } else { at };
-                        }
-                        yr[ox] = m;
-                        ir[ox] = at as i64;
-                    }
-                }
-                return;
-            }
             for oy in 0..oh {
                 let hs = (oy * g.stride.0) as isize - g.padding.0 as isize;
                 let (k0, k1) = tap_range(hs, g.kh, g.dilation.0, g.h);
@@ -113,6 +105,104 @@ fn phase_width(g: &PoolGeom, ow: usize) -> usize {
     ow + (g.kw - 1) / g.stride.1
 }
 
+/// The common 2×2/2 unpadded window with indices, every window inside the image. The two
+/// input rows are split into even and odd columns first, so each of the four taps is a
+/// contiguous slice and the branch-free selects (in PyTorch's scan order) vectorise; the
+/// winner's index is r0 + 2·ox plus the tap's offset (0, 1, W, W + 1).
+/// x: (H, W); y, idx: (OH, OW); sc: 4·OW scratch.
+#[inline(always)]
+fn max_pool_plane_2x2<T: Float>(g: &PoolGeom, oh: usize, ow: usize, xp: &[T], yp: &mut [T], ip: &mut [i64], sc: &mut [T]) {
+    let (e0, rest) = sc[..4 * ow].split_at_mut(ow);
+    let (o0, rest) = rest.split_at_mut(ow);
+    let (e1, o1) = rest.split_at_mut(ow);
+    let w = g.w as i64;
+    let take = |v: T, m: T| (v > m) | v.is_nan();
+    for oy in 0..oh {
+        let (r0, r1) = (2 * oy * g.w, (2 * oy + 1) * g.w);
+        for (src, (e, o)) in [(&xp[r0..r0 + 2 * ow], (&mut *e0, &mut *o0)), (&xp[r1..r1 + 2 * ow], (&mut *e1, &mut *o1))] {
+            for ((p, e), o) in src.chunks_exact(2).zip(e.iter_mut()).zip(o.iter_mut()) {
+                *e = p[0];
+                *o = p[1];
+            }
+        }
+        let (yr, ir) = (&mut yp[oy * ow..(oy + 1) * ow], &mut ip[oy * ow..(oy + 1) * ow]);
+        let base = r0 as i64;
+        for (ox, (y, i)) in yr.iter_mut().zip(ir.iter_mut()).enumerate() {
+            let (mut m, mut k) = (e0[ox], 0i64);
+            for (v, off) in [(o0[ox], 1i64), (e1[ox], w), (o1[ox], w + 1)] {
+                let t = take(v, m);
+                m = if t { v } else { m };
+                k = if t { off } else { k };
+            }
+            *y = m;
+            *i = base + 2 * ox as i64 + k;
+        }
+    }
+}
+best_isa_fn!(max_pool_plane_2x2_best, max_pool_plane_2x2_avx2, max_pool_plane_2x2, (g: &PoolGeom, oh: usize, ow: usize, xp: &[T], yp: &mut [T], ip: &mut [i64], sc: &mut [T]));
+
+/// Splits every row of x into S phase rows of the −∞-padded row (see
+/// [`max_pool_plane_phased`]). x: (H, W); ph: (H, S, [`phase_width`]).
+#[inline(always)]
+fn fill_phases<T: Float>(g: &PoolGeom, ow: usize, x: &[T], ph: &mut [T]) {
+    let (s, pad) = (g.stride.1, g.padding.1);
+    let pw = phase_width(g, ow);
+    // Per phase r: the indices j0..j1 whose column j·S + r − pad lies inside the row (the
+    // same for every row, so computed once).
+    let ranges: Vec<(usize, usize)> = (0..s)
+        .map(|r| {
+            let j0 = pad.saturating_sub(r).div_ceil(s).min(pw);
+            let j1 = if g.w + pad > r { ((g.w - 1 + pad - r) / s + 1).clamp(j0, pw) } else { j0 };
+            (j0, j1)
+        })
+        .collect();
+    for (iy, rows) in ph.chunks_exact_mut(s * pw).take(g.h).enumerate() {
+        let src = &x[iy * g.w..(iy + 1) * g.w];
+        for (r, (dst, &(j0, j1))) in rows.chunks_exact_mut(pw).zip(&ranges).enumerate() {
+            dst[..j0].fill(T::neg_infinity());
+            if j1 > j0 {
+                let c0 = j0 * s + r - pad;
+                dst[j0..j1].iter_mut().zip(src[c0..].iter().step_by(s)).for_each(|(d, &v)| *d = v);
+            }
+            dst[j1..].fill(T::neg_infinity());
+        }
+    }
+}
+
+/// [`max_pool_plane_phased`] that also records each output's argmax (flat index in the
+/// plane), with PyTorch's rule: scan order (ki, kj), a larger value or a NaN takes over, and a
+/// window of −∞ reports its first in-image position. The index of tap (ki, kj) is linear in ox
+/// (row·W + ox·S + kj − pad), so the selects vectorise too. idx: (OH, OW).
+#[inline(always)]
+fn max_pool_plane_phased_idx<T: Float>(g: &PoolGeom, oh: usize, ow: usize, x: &[T], y: &mut [T], idx: &mut [i64], ph: &mut [T]) {
+    let (s, pad) = (g.stride.1, g.padding.1 as i64);
+    let pw = phase_width(g, ow);
+    let take = |v: T, m: T| (v > m) | v.is_nan();
+    fill_phases(g, ow, x, ph);
+    for (oy, (yr, ir)) in y.chunks_exact_mut(ow).zip(idx.chunks_exact_mut(ow)).take(oh).enumerate() {
+        let hs = (oy * g.stride.0) as isize - g.padding.0 as isize;
+        let (k0, k1) = tap_range(hs, g.kh, 1, g.h);
+        yr.fill(T::neg_infinity());
+        let first_row = (hs + k0 as isize) as i64 * g.w as i64;
+        for (ox, i) in ir.iter_mut().enumerate() {
+            *i = first_row + ((ox * s) as i64 - pad).max(0);
+        }
+        for ki in k0..k1 {
+            let iy = (hs + ki as isize) as usize;
+            for kj in 0..g.kw {
+                let tap = &ph[(iy * s + kj % s) * pw + kj / s..][..ow];
+                let base = (iy * g.w + kj) as i64 - pad;
+                for (ox, ((a, i), &b)) in yr.iter_mut().zip(ir.iter_mut()).zip(tap).enumerate() {
+                    let t = take(b, *a);
+                    *a = if t { b } else { *a };
+                    *i = if t { base + (ox * s) as i64 } else { *i };
+                }
+            }
+        }
+    }
+}
+best_isa_fn!(max_pool_plane_phased_idx_best, max_pool_plane_phased_idx_avx2, max_pool_plane_phased_idx, (g: &PoolGeom, oh: usize, ow: usize, x: &[T], y: &mut [T], idx: &mut [i64], ph: &mut [T]));
+
 /// One plane of max pooling values for dilation 1. Each input row is split once into S (the
 /// column stride) phase rows of the −∞-padded row: phase r, index j = padded column j·S + r.
 /// Tap kj of output ox is then phase kj % S at index ox + kj / S, so every tap of a whole
@@ -121,22 +211,10 @@ fn phase_width(g: &PoolGeom, ow: usize) -> usize {
 /// ph: (H, S, [`phase_width`]) scratch.
 #[inline(always)]
 fn max_pool_plane_phased<T: Float>(g: &PoolGeom, oh: usize, ow: usize, x: &[T], y: &mut [T], ph: &mut [T]) {
-    let (s, pad) = (g.stride.1, g.padding.1);
+    let s = g.stride.1;
     let pw = phase_width(g, ow);
     let take = |v: T, m: T| (v > m) | v.is_nan();
-    for (iy, rows) in ph.chunks_exact_mut(s * pw).take(g.h).enumerate() {
-        let src = &x[iy * g.w..(iy + 1) * g.w];
-        for (r, dst) in rows.chunks_exact_mut(pw).enumerate() {
-            // Indices j whose column j·S + r − pad lies inside the row.
-            let j0 = pad.saturating_sub(r).div_ceil(s).min(pw);
-            let j1 = if g.w + pad > r { ((g.w - 1 + pad - r) / s + 1).clamp(j0, pw) } else { j0 };
-            dst[..j0].fill(T::neg_infinity());
-            for (j, d) in dst[j0..j1].iter_mut().enumerate() {
-                *d = src[(j0 + j) * s + r - pad];
-            }
-            dst[j1..].fill(T::neg_infinity());
-        }
-    }
+    fill_phases(g, ow, x, ph);
     for (oy, yr) in y.chunks_exact_mut(ow).take(oh).enumerate() {
         yr.fill(T::neg_infinity());
         let hs = (oy * g.stride.0) as isize - g.padding.0 as isize;
@@ -449,6 +527,19 @@ mod tests {
             }
             assert!(y.iter().any(|v| v.is_nan()));
         }
+    }
+
+    #[test]
+    fn max_pool_indices_of_all_minus_infinity_windows() {
+        // PyTorch reports the first in-image position of a window that holds only −∞.
+        let g = PoolGeom { h: 4, w: 5, kh: 3, kw: 3, stride: (2, 2), padding: (1, 1), dilation: (1, 1), ceil_mode: false };
+        let (oh, ow) = g.out_hw().unwrap_or((0, 0));
+        let mut x = vec![f32::NEG_INFINITY; 20];
+        x[19] = 1.0;
+        let (mut y, mut idx) = (vec![0.0; oh * ow], vec![0; oh * ow]);
+        max_pool2d(&g, &x, &mut y, &mut idx);
+        let (yn, inn) = crate::reference::max_pool2d_naive(&g, &x, 1);
+        assert_eq!((y, idx), (yn, inn));
     }
 
     #[test]
