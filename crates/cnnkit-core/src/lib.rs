@@ -43,8 +43,21 @@ pub fn set_num_threads(n: usize) -> Result<()> {
 /// sleep per op, which dominates small ops (batch-1 inference). Wrap a whole forward pass or
 /// training step in it, not code that waits for other threads (a data-loader channel): with
 /// one pool thread that would deadlock.
+///
+/// The calling thread's buffer-recycling scope and free lists ([`recycle_buffers`]) move to the
+/// worker for the duration of `f` and come back after it.
 pub fn on_worker<R: Send>(f: impl FnOnce() -> R + Send) -> R {
-    rayon::scope(|_| f())
+    if rayon::current_thread_index().is_some() {
+        return f();
+    }
+    let mine = recycle::swap_pool(Default::default());
+    let (r, mine) = rayon::scope(|_| {
+        let theirs = recycle::swap_pool(mine);
+        let r = f();
+        (r, recycle::swap_pool(theirs))
+    });
+    recycle::swap_pool(mine);
+    r
 }
 
 /// Asks the C allocator to keep freed memory in the process instead of returning it to the

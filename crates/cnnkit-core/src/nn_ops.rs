@@ -176,6 +176,44 @@ impl Tensor {
         unbatch(y, added)
     }
 
+    /// `act(F.conv2d(...))` with the activation fused into the convolution's epilogue (applied
+    /// to each output block while it is in cache): the inference path for Conv → ReLU/ReLU6.
+    /// When autograd would record the result, it is computed as conv2d followed by the
+    /// activation op instead, so gradients stay exact.
+    pub fn conv2d_act(&self, w: &Tensor, b: Option<&Tensor>, args: Conv2dArgs, act: conv::Epilogue) -> Result<Tensor> {
+        let recording =
+            crate::grad_mode::is_grad_enabled() && (self.requires_grad() || w.requires_grad() || b.is_some_and(|b| b.requires_grad()));
+        if recording || act == conv::Epilogue::None {
+            let y = self.conv2d(w, b, args)?;
+            return match act {
+                conv::Epilogue::None => Ok(y),
+                conv::Epilogue::Relu => y.relu(),
+                conv::Epilogue::Clamp(lo, hi) => y.clamp(Some(lo), Some(hi)),
+            };
+        }
+        let (x, added) = as_4d(self, "conv2d")?;
+        same_dtype("conv2d", &x, w)?;
+        let geom = conv_geom(&x, w, args)?;
+        if let Some(b) = b {
+            if b.shape() != [geom.c_out] {
+                return Err(Error::mismatch("conv2d (bias)", b.shape(), &[geom.c_out]));
+            }
+        }
+        let (oh, ow) = geom
+            .out_hw()
+            .ok_or_else(|| Error::bad_shape("conv2d", x.shape(), format!("kernel {:?} larger than the padded input", w.shape())))?;
+        let s = float_dispatch!("conv2d", x.dtype(), T => {
+            let mut y: Vec<T> = crate::recycle::output_vec(geom.n * geom.c_out * oh * ow);
+            x.with_data(|xd: &[T]| w.with_data(|wd: &[T]| -> Result<()> {
+                let bv = b.map(|b| b.to_vec::<T>()).transpose()?;
+                conv::conv2d_forward_ep(&geom, xd, wd, bv.as_deref(), act, &mut y);
+                Ok(())
+            }))???;
+            T::into_storage(y)
+        });
+        unbatch(Tensor::from_storage(s, &[geom.n, geom.c_out, oh, ow]), added)
+    }
+
     /// `F.conv2d` with nn.Conv2d's `padding_mode` (reflect/replicate/circular pad first).
     pub fn conv2d_padded(&self, w: &Tensor, b: Option<&Tensor>, args: Conv2dArgs, mode: PadMode) -> Result<Tensor> {
         if mode == PadMode::Constant || args.padding == (0, 0) {

@@ -8,9 +8,10 @@
 //! run; afterwards every activation lives in a buffer freed earlier in the same run or the run
 //! before, and no output is zero-filled (a recycled buffer's stale contents are overwritten).
 //!
-//! The free lists are per thread (graphs execute on the calling thread; the kernels' worker
-//! threads never allocate tensors), so no locking is involved. They are emptied when the
-//! outermost scope ends, and never hold more than [`MAX_POOLED_BYTES`].
+//! The free lists are per thread, so no locking is involved; [`crate::on_worker`] carries the
+//! calling thread's lists (and scope) to the pool worker that runs its closure and back, so a
+//! scope opened around repeated `Graph::run` calls covers the work wherever it executes. They
+//! are emptied when the outermost scope ends, and never hold more than [`MAX_POOLED_BYTES`].
 
 use crate::dtype::{DType, Elem, Storage};
 use std::cell::RefCell;
@@ -23,7 +24,7 @@ const MIN_LEN: usize = 1024;
 pub const MAX_POOLED_BYTES: usize = 1 << 30;
 
 #[derive(Default)]
-struct Pool {
+pub(crate) struct Pool {
     depth: usize,
     bytes: usize,
     free: HashMap<(DType, usize), Vec<Storage>>,
@@ -127,4 +128,14 @@ pub(crate) fn give(s: Storage) {
             }
         }
     });
+}
+
+/// Replaces this thread's free lists, scope depth and counters with `p`, returning the old
+/// ones (how [`crate::on_worker`] moves them between threads).
+pub(crate) fn swap_pool(p: Pool) -> Pool {
+    POOL.try_with(|c| match c.try_borrow_mut() {
+        Ok(mut cur) => std::mem::replace(&mut *cur, p),
+        Err(_) => p,
+    })
+    .unwrap_or_default()
 }

@@ -272,13 +272,48 @@ fn over_batch<T: Float>(n: usize, out: &mut [T], per: usize, f: impl Fn(usize, &
     }
 }
 
+/// An elementwise activation applied to a convolution's output while it is still in cache,
+/// as each block of it is produced: the inference "fused epilogue" (ONNX Conv → Relu / Clip,
+/// nn.ReLU / nn.ReLU6 after a conv). NaN stays NaN, as in the separate ops.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Epilogue {
+    None,
+    Relu,
+    /// Clip to [lo, hi] (ReLU6 is Clamp(0, 6)).
+    Clamp(f64, f64),
+}
+
+impl Epilogue {
+    /// Applies the activation to `y` in place (selects, not branches, so the loop vectorises).
+    #[inline(always)]
+    pub fn apply<T: Float>(self, y: &mut [T]) {
+        match self {
+            Epilogue::None => {}
+            Epilogue::Relu => y.iter_mut().for_each(|v| *v = if *v < T::zero() { T::zero() } else { *v }),
+            Epilogue::Clamp(lo, hi) => {
+                let (lo, hi) = (T::from_f64(lo).unwrap_or(T::neg_infinity()), T::from_f64(hi).unwrap_or(T::infinity()));
+                y.iter_mut().for_each(|v| {
+                    let c = if *v < lo { lo } else { *v };
+                    *v = if c > hi { hi } else { c };
+                })
+            }
+        }
+    }
+}
+
 /// y = conv(x, w) + b. x: (N, C_in, H, W); w: (C_out, C_in/G, KH, KW); b: (C_out); y: (N, C_out, OH, OW).
 pub fn conv2d_forward<T: Float>(g: &ConvGeom, x: &[T], w: &[T], b: Option<&[T]>, y: &mut [T]) {
+    conv2d_forward_ep(g, x, w, b, Epilogue::None, y)
+}
+
+/// y = act(conv(x, w) + b), the activation applied block by block as the output is produced.
+/// Shapes as [`conv2d_forward`].
+pub fn conv2d_forward_ep<T: Float>(g: &ConvGeom, x: &[T], w: &[T], b: Option<&[T]>, ep: Epilogue, y: &mut [T]) {
     if depthwise::applies(g) {
-        return depthwise::forward(g, x, w, b, y);
+        return depthwise::forward(g, x, w, b, ep, y);
     }
     if crate::winograd::applies(g) {
-        return crate::winograd::forward(g, x, w, b, y);
+        return crate::winograd::forward_ep(g, x, w, b, ep, y);
     }
     let (oh, ow) = g.oh_ow();
     let p = oh * ow;
@@ -287,7 +322,7 @@ pub fn conv2d_forward<T: Float>(g: &ConvGeom, x: &[T], w: &[T], b: Option<&[T]>,
     let x_img = g.c_in * g.h * g.w;
     let x_grp = (g.c_in / g.groups) * g.h * g.w;
     over_batch(g.n, y, g.c_out * p, |i, yi, par| {
-        if par && forward_banded(g, &x[i * x_img..(i + 1) * x_img], w, b, yi) {
+        if par && forward_banded(g, &x[i * x_img..(i + 1) * x_img], w, b, ep, yi) {
             return;
         }
         T::with_scratch(if g.is_pointwise() { 0 } else { kr * p }, |cols| {
@@ -316,11 +351,13 @@ pub fn conv2d_forward<T: Float>(g: &ConvGeom, x: &[T], w: &[T], b: Option<&[T]>,
                     // 512-channel 7×7 layer in scheduler time at batch 1).
                     let rows = cog.div_ceil(t).next_multiple_of(16);
                     let cm = MatRef::row_major(colm, kr, p);
-                    out.par_chunks_mut(rows * p)
-                        .zip(wg.par_chunks(rows * kr))
-                        .for_each(|(o, wr)| gemm(MatRef::row_major(wr, wr.len() / kr, kr), cm, o, acc, false));
+                    out.par_chunks_mut(rows * p).zip(wg.par_chunks(rows * kr)).for_each(|(o, wr)| {
+                        gemm(MatRef::row_major(wr, wr.len() / kr, kr), cm, o, acc, false);
+                        crate::simd::with_best_isa(|| ep.apply(o));
+                    });
                 } else {
                     gemm(MatRef::row_major(wg, cog, kr), MatRef::row_major(colm, kr, p), out, acc, par);
+                    crate::simd::with_best_isa(|| ep.apply(out));
                 }
             }
         });
@@ -332,7 +369,7 @@ pub fn conv2d_forward<T: Float>(g: &ConvGeom, x: &[T], w: &[T], b: Option<&[T]>,
 /// (single-threaded GEMM), instead of one image-wide im2col (7 MiB for ResNet's 7×7 stem) and a
 /// GEMM split by the gemm crate. Returns false (doing nothing) when there are too few bands.
 /// x: (C_in, H, W); y: (C_out, OH, OW).
-fn forward_banded<T: Float>(g: &ConvGeom, x: &[T], w: &[T], b: Option<&[T]>, y: &mut [T]) -> bool {
+fn forward_banded<T: Float>(g: &ConvGeom, x: &[T], w: &[T], b: Option<&[T]>, ep: Epilogue, y: &mut [T]) -> bool {
     let (oh, ow) = g.oh_ow();
     let kr = g.col_rows();
     if g.is_pointwise() || g.groups != 1 {
@@ -369,6 +406,7 @@ fn forward_banded<T: Float>(g: &ConvGeom, x: &[T], w: &[T], b: Option<&[T]>, y: 
                 let n = part.len() / g.c_out;
                 yrow[c0..c0 + n].iter_mut().zip(&part[co * n..(co + 1) * n]).for_each(|(d, &v)| *d = v + bias);
             }
+            ep.apply(yrow);
         })
     });
     true
@@ -661,9 +699,71 @@ mod tests {
             let b = bias.then_some(&b[..]);
             let want = reference::conv2d_naive(&g, &x, &w, b);
             let mut y = vec![f64::NAN; want.len()];
-            assert!(forward_banded(&g, &x, &w, b, &mut y));
+            assert!(forward_banded(&g, &x, &w, b, Epilogue::None, &mut y));
             for (a, e) in y.iter().zip(&want) {
                 assert!((a - e).abs() < 1e-9, "{a} vs {e}");
+            }
+        }
+    }
+
+    /// The fused epilogue equals the plain forward followed by the activation, on every
+    /// forward path: depthwise, Winograd, im2col + GEMM (split over output channels or not)
+    /// and the banded single-image path.
+    #[test]
+    fn epilogue_matches_separate_activation() {
+        let geoms = [
+            ConvGeom { n: 2, c_in: 8, h: 13, w: 11, c_out: 8, kh: 3, kw: 3, stride: (1, 1), padding: (1, 1), dilation: (1, 1), groups: 8 },
+            ConvGeom {
+                n: 2,
+                c_in: 16,
+                h: 20,
+                w: 20,
+                c_out: 16,
+                kh: 3,
+                kw: 3,
+                stride: (1, 1),
+                padding: (1, 1),
+                dilation: (1, 1),
+                groups: 1,
+            },
+            ConvGeom { n: 1, c_in: 4, h: 9, w: 9, c_out: 256, kh: 3, kw: 3, stride: (2, 2), padding: (1, 1), dilation: (1, 1), groups: 1 },
+            ConvGeom { n: 3, c_in: 6, h: 7, w: 7, c_out: 5, kh: 1, kw: 1, stride: (1, 1), padding: (0, 0), dilation: (1, 1), groups: 1 },
+            ConvGeom {
+                n: 1,
+                c_in: 3,
+                h: 112,
+                w: 112,
+                c_out: 8,
+                kh: 7,
+                kw: 7,
+                stride: (2, 2),
+                padding: (3, 3),
+                dilation: (1, 1),
+                groups: 1,
+            },
+        ];
+        for (gi, g) in geoms.iter().enumerate() {
+            let (oh, ow) = g.out_hw().unwrap();
+            let mut s = 17 + gi as u64;
+            let rnd = |n: usize, s: &mut u64| -> Vec<f32> {
+                (0..n)
+                    .map(|_| {
+                        *s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                        ((*s >> 33) as f32 / (1u64 << 31) as f32) * 8.0 - 4.0
+                    })
+                    .collect()
+            };
+            let x = rnd(g.n * g.c_in * g.h * g.w, &mut s);
+            let w = rnd(g.c_out * (g.c_in / g.groups) * g.kh * g.kw, &mut s);
+            let b = rnd(g.c_out, &mut s);
+            let mut plain = vec![0f32; g.n * g.c_out * oh * ow];
+            conv2d_forward(g, &x, &w, Some(&b), &mut plain);
+            for ep in [Epilogue::Relu, Epilogue::Clamp(-1.0, 6.0)] {
+                let mut want = plain.clone();
+                ep.apply(&mut want);
+                let mut got = vec![f32::NAN; want.len()];
+                conv2d_forward_ep(g, &x, &w, Some(&b), ep, &mut got);
+                assert_eq!(got, want, "{g:?} {ep:?}");
             }
         }
     }

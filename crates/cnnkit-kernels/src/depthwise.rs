@@ -434,7 +434,8 @@ fn backward_input_plane_3x3s2<T: Float>(h: usize, wd: usize, gy: &[T], w: &[T], 
 
 /// y = conv(x, w) + b for depthwise `g`. x: (N, C_in, H, W); w: (C_out, 1, KH, KW); b: (C_out);
 /// y: (N, C_out, OH, OW) (overwritten).
-pub fn forward<T: Float>(g: &ConvGeom, x: &[T], w: &[T], b: Option<&[T]>, y: &mut [T]) {
+/// `ep` is applied to each output plane right after it is computed.
+pub fn forward<T: Float>(g: &ConvGeom, x: &[T], w: &[T], b: Option<&[T]>, ep: crate::conv::Epilogue, y: &mut [T]) {
     let Some((oh, ow)) = g.out_hw() else { return };
     let p = oh * ow;
     let m = g.c_out / g.groups;
@@ -446,14 +447,15 @@ pub fn forward<T: Float>(g: &ConvGeom, x: &[T], w: &[T], b: Option<&[T]>, y: &mu
         let wk = &w[co * kk..(co + 1) * kk];
         let bias = b.map_or(T::zero(), |b| b[co]);
         if is_3x3_s1_p1(g) {
-            return T::with_scratch(scratch_3x3s1(g.h, g.w), |sc| forward_plane_3x3s1_best(g.h, g.w, xp, wk, bias, yp, sc));
+            T::with_scratch(scratch_3x3s1(g.h, g.w), |sc| forward_plane_3x3s1_best(g.h, g.w, xp, wk, bias, yp, sc));
+        } else if is_3x3_s2_p1(g) {
+            T::with_scratch(7 * ow, |sc| forward_plane_3x3s2_best(g.h, g.w, xp, wk, bias, yp, sc));
+        } else {
+            // Baseline ISA on purpose (measured): acc_taps' 4×-unrolled AVX2 loops leave most
+            // of a short row to the scalar epilogue and ran ~30% slower than SSE2 on 56-wide rows.
+            T::with_scratch(scratch, |ph| forward_plane(g, xp, wk, bias, yp, ph));
         }
-        if is_3x3_s2_p1(g) {
-            return T::with_scratch(7 * ow, |sc| forward_plane_3x3s2_best(g.h, g.w, xp, wk, bias, yp, sc));
-        }
-        // Baseline ISA on purpose (measured): acc_taps' 4×-unrolled AVX2 loops leave most of a
-        // short row to the scalar epilogue and ran ~30% slower than SSE2 on 56-wide rows.
-        T::with_scratch(scratch, |ph| forward_plane(g, xp, wk, bias, yp, ph));
+        crate::simd::with_best_isa(|| ep.apply(yp));
     };
     let y = &mut y[..g.n * g.c_out * p];
     if p == 0 {
@@ -731,7 +733,7 @@ mod tests {
         let b = rand_vec(g.c_out, &mut s);
         let gy = rand_vec(g.n * g.c_out * oh * ow, &mut s);
         let mut y = vec![7.0; gy.len()];
-        forward(g, &x, &w, Some(&b), &mut y);
+        forward(g, &x, &w, Some(&b), crate::conv::Epilogue::None, &mut y);
         close(&y, &reference::conv2d_naive(g, &x, &w, Some(&b))).map_err(|e| format!("fwd {e}"))?;
         let (gx_want, gw_want) = reference::conv2d_backward_naive(g, &x, &w, &gy);
         let mut gx = vec![7.0; x.len()];
@@ -774,11 +776,11 @@ mod tests {
         let x = rand_vec(g.n * g.c_in * g.h * g.w, &mut s);
         let w = rand_vec(g.c_out * 25, &mut s);
         let mut y = vec![0.0; g.c_out * oh * ow];
-        forward(&g, &x, &w, None, &mut y);
+        forward(&g, &x, &w, None, crate::conv::Epilogue::None, &mut y);
         let xf: Vec<f32> = x.iter().map(|&v| v as f32).collect();
         let wf: Vec<f32> = w.iter().map(|&v| v as f32).collect();
         let mut yf = vec![0f32; y.len()];
-        forward(&g, &xf, &wf, None, &mut yf);
+        forward(&g, &xf, &wf, None, crate::conv::Epilogue::None, &mut yf);
         let yd: Vec<f64> = yf.iter().map(|&v| v as f64).collect();
         assert_eq!(close(&yd, &y), Ok(()));
     }

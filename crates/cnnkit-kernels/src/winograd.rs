@@ -79,6 +79,11 @@ pub fn applies(g: &ConvGeom) -> bool {
 /// b: (C_out); y: (N, C_out, OH, OW) (overwritten). Any geometry with 3×3 kernels, stride 1,
 /// dilation 1, groups 1 and padding ≤ 2 is correct here; [`applies`] decides when it is used.
 pub fn forward<T: Float>(g: &ConvGeom, x: &[T], w: &[T], b: Option<&[T]>, y: &mut [T]) {
+    forward_ep(g, x, w, b, crate::conv::Epilogue::None, y)
+}
+
+/// [`forward`] with the activation `ep` applied to each output row as it is written.
+pub fn forward_ep<T: Float>(g: &ConvGeom, x: &[T], w: &[T], b: Option<&[T]>, ep: crate::conv::Epilogue, y: &mut [T]) {
     assert!(
         g.kh == 3 && g.kw == 3 && g.stride == (1, 1) && g.dilation == (1, 1) && g.groups == 1 && g.padding.0 <= 2 && g.padding.1 <= 2,
         "winograd: unsupported geometry {g:?}"
@@ -120,7 +125,7 @@ pub fn forward<T: Float>(g: &ConvGeom, x: &[T], w: &[T], b: Option<&[T]>, y: &mu
                 let (m, rest) = rest.split_at_mut(m_len);
                 let (t1, rest) = rest.split_at_mut(NXI * nbp);
                 let (t2, pad) = rest.split_at_mut(NXI * nbp);
-                let blk = Block { g, oh, ow, th, tw, q0, q1, nbp };
+                let blk = Block { g, oh, ow, th, tw, q0, q1, nbp, ep };
                 input_transform_best(&blk, x, v, t1, t2, pad);
                 for xi in 0..NXI {
                     // U_ξ: (C_out, C_in) inside u's (C_out, 36, C_in) layout.
@@ -324,7 +329,7 @@ pub fn backward_weight<T: Float>(g: &ConvGeom, x: &[T], gy: &[T], gw: &mut [T]) 
                     let (yh, rest) = rest.split_at_mut(y_len);
                     let (t1, rest) = rest.split_at_mut(NXI * nbp);
                     let (t2, pad) = rest.split_at_mut(NXI * nbp);
-                    let blk = Block { g, oh, ow, th, tw, q0, q1, nbp };
+                    let blk = Block { g, oh, ow, th, tw, q0, q1, nbp, ep: crate::conv::Epilogue::None };
                     input_transform_best(&blk, x, v, t1, t2, pad);
                     grad_transform_best(&blk, gy, yh, t1, t2);
                     for xi in 0..NXI {
@@ -442,6 +447,8 @@ struct Block<'a> {
     q0: usize,
     q1: usize,
     nbp: usize,
+    /// Applied to each output row the output transform writes.
+    ep: crate::conv::Epilogue,
 }
 
 #[inline(always)]
@@ -603,6 +610,7 @@ impl Block<'_> {
                     for (k, o) in dst.iter_mut().enumerate().skip(full * M_T) {
                         *o = t[(M_T * r + k % M_T) * nbp + base + k / M_T];
                     }
+                    self.ep.apply(dst);
                 }
             }
         }

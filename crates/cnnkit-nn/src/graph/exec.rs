@@ -6,6 +6,7 @@ use super::exec_shape::checked_numel;
 use super::{CoordMode, Graph, GraphOp, NearestMode, Node, PadKind, ResizeMode};
 use cnnkit_core::elementwise::broadcast_shape;
 use cnnkit_core::{DType, Error, PadMode, Pool2dArgs, Result, Tensor, UnaryOp};
+use cnnkit_kernels::conv::Epilogue;
 use std::collections::HashMap;
 
 /// A node-local failure message; the caller prefixes the node's name and op.
@@ -87,8 +88,27 @@ impl Graph {
                 let t = t.ok_or_else(|| node_error(node, E(format!("input '{v}' is not defined before this node"))))?;
                 args.push(Some(t.clone()));
             }
-            let outs = eval(&node.op, &args, node.outputs.len()).map_err(|e| node_error(node, e))?;
             let mut names = &node.outputs;
+            if let (Some(act), GraphOp::Conv { .. }) = (fused[i], &node.op) {
+                // Conv → activation: the activation runs in the convolution's epilogue.
+                let ep = match act {
+                    InPlace::Relu => Epilogue::Relu,
+                    InPlace::Clip(lo, hi) => Epilogue::Clamp(lo as f64, hi as f64),
+                };
+                let y = conv(&node.op, &args, ep).map_err(|e| node_error(node, e))?;
+                let next = &self.nodes[i + 1];
+                if let Some(name) = next.outputs.first().filter(|n| !n.is_empty()) {
+                    env.insert(name.as_str(), y);
+                }
+                skip = true;
+                for v in &node.inputs {
+                    if last_use.get(v.as_str()) == Some(&i) && !self.outputs.contains(v) {
+                        env.remove(v.as_str());
+                    }
+                }
+                continue;
+            }
+            let outs = eval(&node.op, &args, node.outputs.len()).map_err(|e| node_error(node, e))?;
             if let Some(act) = fused[i] {
                 // The next node is an activation of this fresh output only: apply it in place.
                 if apply_in_place(act, &outs[0])? {
@@ -326,24 +346,25 @@ fn split_pads(x: &Tensor, pads: [usize; 4], fill: f64) -> R<(Tensor, (usize, usi
     Ok((x.pad2d([l as isize, r as isize, t as isize, b as isize], PadMode::Constant, fill)?, (0, 0)))
 }
 
+/// A Conv node, with `ep` fused into the convolution's epilogue.
+fn conv(op: &GraphOp, args: &[Option<Tensor>], ep: Epilogue) -> R<Tensor> {
+    let GraphOp::Conv { strides, pads, dilations, group, .. } = op else {
+        return fail("not a Conv node");
+    };
+    let (x, w) = (req(args, 0, "X")?, req(args, 1, "W")?);
+    need_4d(x, "Conv")?;
+    let (xp, padding) = split_pads(x, *pads, 0.0)?;
+    let a = cnnkit_core::Conv2dArgs { stride: (strides[0], strides[1]), padding, dilation: (dilations[0], dilations[1]), groups: *group };
+    Ok(xp.conv2d_act(w, opt(args, 2), a, ep)?)
+}
+
 /// Runs one op on its inputs, producing `n_out` outputs.
 pub(crate) fn eval(op: &GraphOp, args: &[Option<Tensor>], n_out: usize) -> R<Vec<Tensor>> {
     use GraphOp::*;
     let x = || req(args, 0, "X");
     let one = |t: Tensor| Ok(vec![t]);
     match op {
-        Conv { strides, pads, dilations, group, .. } => {
-            let (x, w) = (x()?, req(args, 1, "W")?);
-            need_4d(x, "Conv")?;
-            let (xp, padding) = split_pads(x, *pads, 0.0)?;
-            let a = cnnkit_core::Conv2dArgs {
-                stride: (strides[0], strides[1]),
-                padding,
-                dilation: (dilations[0], dilations[1]),
-                groups: *group,
-            };
-            one(xp.conv2d(w, opt(args, 2), a)?)
-        }
+        Conv { .. } => one(conv(op, args, Epilogue::None)?),
         ConvTranspose { strides, pads, dilations, group, output_padding, .. } => {
             let (x, w) = (x()?, req(args, 1, "W")?);
             need_4d(x, "ConvTranspose")?;
