@@ -98,9 +98,15 @@ fn copy_blocks<T: Float, const B: usize>(dst: &mut [T], src: &[T]) {
     }
 }
 
-best_isa_fn!(pub im2col_rows, im2col_rows_avx2, im2col_rows_impl, (g: &ConvGeom, x: &[T], oy0: usize, oy1: usize, cols: &mut [T]));
-
 /// im2col restricted to output rows oy0..oy1: cols (C_in/G·KH·KW, (oy1−oy0)·OW).
+pub fn im2col_rows<T: Float>(g: &ConvGeom, x: &[T], oy0: usize, oy1: usize, cols: &mut [T]) {
+    im2col_rows_ld(g, x, oy0, oy1, cols, (oy1 - oy0) * g.oh_ow().1)
+}
+
+best_isa_fn!(pub im2col_rows_ld, im2col_rows_avx2, im2col_rows_impl, (g: &ConvGeom, x: &[T], oy0: usize, oy1: usize, cols: &mut [T], ld: usize));
+
+/// im2col restricted to output rows oy0..oy1, row r of cols at `cols[r·ld ..][.. (oy1−oy0)·OW]`
+/// (ld > (oy1−oy0)·OW places one image's columns inside a matrix holding several side by side).
 ///
 /// Per input row used, the row is copied once into a zero-padded buffer (the padding columns
 /// become real zeros) and, for column strides S > 1, split into S phases (phase r holds padded
@@ -108,7 +114,7 @@ best_isa_fn!(pub im2col_rows, im2col_rows_avx2, im2col_rows_impl, (g: &ConvGeom,
 /// kj·dw and is one contiguous run of OW elements in phase (kj·dw) % S: a single short copy per
 /// (tap, output row) with no bounds tests or zero-filling.
 #[inline(always)]
-fn im2col_rows_impl<T: Float>(g: &ConvGeom, x: &[T], oy0: usize, oy1: usize, cols: &mut [T]) {
+fn im2col_rows_impl<T: Float>(g: &ConvGeom, x: &[T], oy0: usize, oy1: usize, cols: &mut [T], ld: usize) {
     let ow = g.oh_ow().1;
     let oh = oy1 - oy0;
     let cpg = g.c_in / g.groups;
@@ -122,11 +128,11 @@ fn im2col_rows_impl<T: Float>(g: &ConvGeom, x: &[T], oy0: usize, oy1: usize, col
     let kk = g.kh * g.kw;
     for c in 0..cpg {
         let plane = &x[c * g.h * g.w..(c + 1) * g.h * g.w];
-        let crows = &mut cols[c * kk * oh * ow..(c + 1) * kk * oh * ow];
+        let crows = &mut cols[c * kk * ld..];
         for ki in 0..g.kh {
             for oy in 0..oh {
                 let iy = ((oy + oy0) * sh + ki * dh) as isize - ph as isize;
-                let at = |kj: usize| ((ki * g.kw + kj) * oh + oy) * ow;
+                let at = |kj: usize| (ki * g.kw + kj) * ld + oy * ow;
                 if iy < 0 || iy >= g.h as isize {
                     for kj in 0..g.kw {
                         crows[at(kj)..at(kj) + ow].fill(T::zero());
@@ -506,12 +512,11 @@ pub fn conv2d_backward_weight<T: Float>(g: &ConvGeom, x: &[T], gy: &[T], gw: &mu
     let rows_per_blk = (BLOCK / (kr * ow).max(1)).clamp(1, oh);
     let imgs_per_blk = if rows_per_blk == oh { (BLOCK / (kr * p).max(1)).clamp(1, 16) } else { 1 };
     let pb = rows_per_blk * ow * imgs_per_blk;
-    let one = rows_per_blk * ow * kr; // one image's block of cols, when images are batched
-    let scratch = pb * kr + cog * pb + if imgs_per_blk > 1 { one } else { 0 };
+    let scratch = pb * kr + cog * pb;
     // Accumulates images `imgs` into acc (column-major per group: (K, C_out/G) row-major).
     let run = |imgs: &[usize], acc: &mut [T], buf: &mut [T], par: bool| {
         let (cols, rest) = buf.split_at_mut(pb * kr);
-        let (gyb, tmp) = rest.split_at_mut(cog * pb);
+        let gyb = &mut rest[..cog * pb];
         for chunk in imgs.chunks(imgs_per_blk) {
             for grp in 0..g.groups {
                 let dst = &mut acc[grp * cog * kr..(grp + 1) * cog * kr];
@@ -522,14 +527,8 @@ pub fn conv2d_backward_weight<T: Float>(g: &ConvGeom, x: &[T], gy: &[T], gw: &mu
                     // cols (K, m): image b's pixels in columns b·n .. (b+1)·n.
                     for (b, &i) in chunk.iter().enumerate() {
                         let xg = &x[i * x_img + grp * x_grp..i * x_img + (grp + 1) * x_grp];
-                        if chunk.len() == 1 {
-                            im2col_rows(g, xg, oy0, oy1, &mut cols[..kr * n]);
-                        } else {
-                            im2col_rows(g, xg, oy0, oy1, &mut tmp[..kr * n]);
-                            for r in 0..kr {
-                                cols[r * m + b * n..r * m + (b + 1) * n].copy_from_slice(&tmp[r * n..(r + 1) * n]);
-                            }
-                        }
+                        // Straight into its columns of the batched matrix (row stride m).
+                        im2col_rows_ld(g, xg, oy0, oy1, &mut cols[b * n..kr * m], m);
                     }
                     let cm = MatRef { data: &cols[..kr * m], rows: m, cols: kr, rs: 1, cs: m as isize };
                     if chunk.len() == 1 {

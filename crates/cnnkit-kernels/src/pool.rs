@@ -58,7 +58,7 @@ pub fn max_pool2d<T: Float>(g: &PoolGeom, x: &[T], y: &mut [T], idx: &mut [i64])
         g.kh == 2 && g.kw == 2 && g.stride == (2, 2) && g.padding == (0, 0) && g.dilation == (1, 1) && 2 * oh <= g.h && 2 * ow <= g.w;
     if plain2x2 && oh * ow > 0 {
         y.par_chunks_mut(oh * ow).zip(idx.par_chunks_mut(oh * ow)).enumerate().for_each(|(pi, (yp, ip))| {
-            T::with_scratch(4 * ow, |sc| max_pool_plane_2x2_best(g, oh, ow, &x[pi * plane_in..(pi + 1) * plane_in], yp, ip, sc))
+            T::with_scratch(4 * oh * ow, |sc| max_pool_plane_2x2_best(g, oh, ow, &x[pi * plane_in..(pi + 1) * plane_in], yp, ip, sc))
         });
         return;
     }
@@ -105,37 +105,48 @@ fn phase_width(g: &PoolGeom, ow: usize) -> usize {
     ow + (g.kw - 1) / g.stride.1
 }
 
-/// The common 2×2/2 unpadded window with indices, every window inside the image. The two
-/// input rows are split into even and odd columns first, so each of the four taps is a
-/// contiguous slice and the branch-free selects (in PyTorch's scan order) vectorise; the
-/// winner's index is r0 + 2·ox plus the tap's offset (0, 1, W, W + 1).
-/// x: (H, W); y, idx: (OH, OW); sc: 4·OW scratch.
+/// The common 2×2/2 unpadded window with indices, every window inside the image. All output
+/// rows' input pairs are first split into four flat planes (even/odd columns of the upper and
+/// lower row), so each tap is one contiguous run over the whole plane, and the branch-free
+/// selects (in PyTorch's scan order) run as one long vector loop even when rows are short
+/// (7 and 14 wide in the MNIST network). The winner's tap offset (0, 1, W, W + 1) is stored
+/// first and the row base 2·oy·W + 2·ox added after. x: (H, W); y, idx: (OH, OW);
+/// sc: 4·OH·OW scratch.
 #[inline(always)]
 fn max_pool_plane_2x2<T: Float>(g: &PoolGeom, oh: usize, ow: usize, xp: &[T], yp: &mut [T], ip: &mut [i64], sc: &mut [T]) {
-    let (e0, rest) = sc[..4 * ow].split_at_mut(ow);
-    let (o0, rest) = rest.split_at_mut(ow);
-    let (e1, o1) = rest.split_at_mut(ow);
-    let w = g.w as i64;
-    let take = |v: T, m: T| (v > m) | v.is_nan();
+    let n = oh * ow;
+    let (e0, rest) = sc[..4 * n].split_at_mut(n);
+    let (o0, rest) = rest.split_at_mut(n);
+    let (e1, o1) = rest.split_at_mut(n);
     for oy in 0..oh {
         let (r0, r1) = (2 * oy * g.w, (2 * oy + 1) * g.w);
-        for (src, (e, o)) in [(&xp[r0..r0 + 2 * ow], (&mut *e0, &mut *o0)), (&xp[r1..r1 + 2 * ow], (&mut *e1, &mut *o1))] {
+        let at = oy * ow..(oy + 1) * ow;
+        for (src, e, o) in [
+            (&xp[r0..r0 + 2 * ow], &mut e0[at.clone()], &mut o0[at.clone()]),
+            (&xp[r1..r1 + 2 * ow], &mut e1[at.clone()], &mut o1[at.clone()]),
+        ] {
             for ((p, e), o) in src.chunks_exact(2).zip(e.iter_mut()).zip(o.iter_mut()) {
                 *e = p[0];
                 *o = p[1];
             }
         }
-        let (yr, ir) = (&mut yp[oy * ow..(oy + 1) * ow], &mut ip[oy * ow..(oy + 1) * ow]);
-        let base = r0 as i64;
-        for (ox, (y, i)) in yr.iter_mut().zip(ir.iter_mut()).enumerate() {
-            let (mut m, mut k) = (e0[ox], 0i64);
-            for (v, off) in [(o0[ox], 1i64), (e1[ox], w), (o1[ox], w + 1)] {
-                let t = take(v, m);
-                m = if t { v } else { m };
-                k = if t { off } else { k };
-            }
-            *y = m;
-            *i = base + 2 * ox as i64 + k;
+    }
+    let w = g.w as i64;
+    let take = |v: T, m: T| (v > m) | v.is_nan();
+    for (i, (y, k)) in yp[..n].iter_mut().zip(ip[..n].iter_mut()).enumerate() {
+        let (mut m, mut off) = (e0[i], 0i64);
+        for (v, o) in [(o0[i], 1i64), (e1[i], w), (o1[i], w + 1)] {
+            let t = take(v, m);
+            m = if t { v } else { m };
+            off = if t { o } else { off };
+        }
+        *y = m;
+        *k = off;
+    }
+    for (oy, ir) in ip[..n].chunks_exact_mut(ow).enumerate() {
+        let base = 2 * oy as i64 * w;
+        for (ox, i) in ir.iter_mut().enumerate() {
+            *i += base + 2 * ox as i64;
         }
     }
 }
