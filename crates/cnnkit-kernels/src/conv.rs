@@ -524,13 +524,20 @@ pub fn conv2d_backward_weight<T: Float>(g: &ConvGeom, x: &[T], gy: &[T], gw: &mu
                     let oy1 = (oy0 + rows_per_blk).min(oh);
                     let n = (oy1 - oy0) * ow;
                     let m = n * chunk.len();
-                    // cols (K, m): image b's pixels in columns b·n .. (b+1)·n.
-                    for (b, &i) in chunk.iter().enumerate() {
-                        let xg = &x[i * x_img + grp * x_grp..i * x_img + (grp + 1) * x_grp];
-                        // Straight into its columns of the batched matrix (row stride m).
-                        im2col_rows_ld(g, xg, oy0, oy1, &mut cols[b * n..kr * m], m);
-                    }
-                    let cm = MatRef { data: &cols[..kr * m], rows: m, cols: kr, rs: 1, cs: m as isize };
+                    // colsᵀ (m, K): image b's pixels in rows b·n .. (b+1)·n. A 1×1 stride-1
+                    // unpadded conv of one image reads the image itself (C_in, P) in place.
+                    let cm = if g.is_pointwise() && chunk.len() == 1 {
+                        let i = chunk[0];
+                        let xg = &x[i * x_img + grp * x_grp + oy0 * ow..];
+                        MatRef { data: xg, rows: n, cols: kr, rs: 1, cs: p as isize }
+                    } else {
+                        for (b, &i) in chunk.iter().enumerate() {
+                            let xg = &x[i * x_img + grp * x_grp..i * x_img + (grp + 1) * x_grp];
+                            // Straight into its columns of the batched matrix (row stride m).
+                            im2col_rows_ld(g, xg, oy0, oy1, &mut cols[b * n..kr * m], m);
+                        }
+                        MatRef { data: &cols[..kr * m], rows: m, cols: kr, rs: 1, cs: m as isize }
+                    };
                     if chunk.len() == 1 {
                         let i = chunk[0];
                         let gyi =
@@ -702,6 +709,34 @@ mod tests {
             for (a, e) in y.iter().zip(&want) {
                 assert!((a - e).abs() < 1e-9, "{a} vs {e}");
             }
+        }
+    }
+
+    /// The 1×1 weight gradient that reads the image in place (one image per block, including
+    /// blocks of output rows that start past row 0) matches the naive gradient.
+    #[test]
+    fn pointwise_weight_gradient_in_place() {
+        for (n, h) in [(1usize, 24usize), (2, 48)] {
+            let g = ConvGeom { n, c_in: 96, h, w: h, c_out: 8, kh: 1, kw: 1, stride: (1, 1), padding: (0, 0), dilation: (1, 1), groups: 1 };
+            let mut s = 5 + n as u64;
+            let mut rnd = |len: usize| -> Vec<f64> {
+                (0..len)
+                    .map(|_| {
+                        s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                        ((s >> 33) as f64 / (1u64 << 31) as f64) - 0.5
+                    })
+                    .collect()
+            };
+            let (x, w, gy) = (rnd(n * 96 * h * h), rnd(8 * 96), rnd(n * 8 * h * h));
+            let (_, want) = crate::reference::conv2d_backward_naive(&g, &x, &w, &gy);
+            let mut gw = vec![f64::NAN; want.len()];
+            conv2d_backward_weight(&g, &x, &gy, &mut gw);
+            let err = gw
+                .iter()
+                .zip(&want)
+                .map(|(a, b)| (a - b).abs())
+                .fold(0.0, |m: f64, d: f64| if d.is_nan() { f64::INFINITY } else { m.max(d) });
+            assert!(err < 1e-9, "n {n} h {h}: {err}");
         }
     }
 
