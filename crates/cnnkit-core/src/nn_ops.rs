@@ -214,6 +214,40 @@ impl Tensor {
         unbatch(Tensor::from_storage(s, &[geom.n, geom.c_out, oh, ow]), added)
     }
 
+    /// `act(self + other)` in one pass over same-shape float tensors (inference's residual
+    /// Add → ReLU), instead of an add pass and an activation pass. Broadcasting shapes, mixed
+    /// dtypes and results autograd would record take `add` followed by the activation op.
+    pub fn add_act(&self, other: &Tensor, act: conv::Epilogue) -> Result<Tensor> {
+        let recording = crate::grad_mode::is_grad_enabled() && (self.requires_grad() || other.requires_grad());
+        if recording
+            || act == conv::Epilogue::None
+            || self.shape() != other.shape()
+            || self.dtype() != other.dtype()
+            || !self.dtype().is_float()
+        {
+            let y = self.add(other)?;
+            return match act {
+                conv::Epilogue::None => Ok(y),
+                conv::Epilogue::Relu => y.relu(),
+                conv::Epilogue::Clamp(lo, hi) => y.clamp(Some(lo), Some(hi)),
+            };
+        }
+        let s = float_dispatch!("add", self.dtype(), T => {
+            let mut y: Vec<T> = crate::recycle::output_vec(self.numel());
+            self.with_data(|a: &[T]| other.with_data(|b: &[T]| {
+                const CHUNK: usize = cnnkit_kernels::simd::CHUNK;
+                y.par_chunks_mut(CHUNK).zip(a.par_chunks(CHUNK)).zip(b.par_chunks(CHUNK)).for_each(|((yo, ai), bi)| {
+                    cnnkit_kernels::simd::with_best_isa(|| {
+                        yo.iter_mut().zip(ai).zip(bi).for_each(|((o, &p), &q)| *o = p + q);
+                        act.apply(yo);
+                    })
+                });
+            }))??;
+            T::into_storage(y)
+        });
+        Ok(Tensor::from_storage(s, self.shape()))
+    }
+
     /// `F.conv2d` with nn.Conv2d's `padding_mode` (reflect/replicate/circular pad first).
     pub fn conv2d_padded(&self, w: &Tensor, b: Option<&Tensor>, args: Conv2dArgs, mode: PadMode) -> Result<Tensor> {
         if mode == PadMode::Constant || args.padding == (0, 0) {

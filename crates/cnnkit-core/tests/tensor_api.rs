@@ -132,3 +132,21 @@ fn matmul_shapes_follow_pytorch() {
     // A transposed (strided) operand needs no copy and gives the right answer.
     assert_eq!(v(&m.matmul(&m.t().unwrap()).unwrap()), vec![14., 32., 32., 77.]);
 }
+
+#[test]
+fn fused_add_activation_matches_the_separate_ops() {
+    use cnnkit_kernels::conv::Epilogue;
+    let _ng = no_grad();
+    let a = Tensor::randn(&[2, 3, 70, 90], DType::F32).mul_scalar(3.0).unwrap();
+    let mut bv = Tensor::randn(&[2, 3, 70, 90], DType::F32).to_vec::<f32>().unwrap();
+    bv[7] = f32::NAN;
+    let b = Tensor::from_vec(bv, &[2, 3, 70, 90]).unwrap();
+    let sum = a.add(&b).unwrap();
+    let same = |x: Vec<f32>, y: Vec<f32>| x.iter().zip(&y).all(|(p, q)| p == q || (p.is_nan() && q.is_nan()));
+    assert!(same(v(&a.add_act(&b, Epilogue::Relu).unwrap()), v(&sum.relu().unwrap())));
+    let clipped = sum.clamp(Some(-1.0), Some(6.0)).unwrap();
+    assert!(same(v(&a.add_act(&b, Epilogue::Clamp(-1.0, 6.0)).unwrap()), v(&clipped)));
+    // Broadcasting takes the unfused path and still agrees.
+    let row = Tensor::randn(&[90], DType::F32);
+    assert!(same(v(&a.add_act(&row, Epilogue::Relu).unwrap()), v(&a.add(&row).unwrap().relu().unwrap())));
+}

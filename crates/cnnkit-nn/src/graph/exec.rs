@@ -89,13 +89,20 @@ impl Graph {
                 args.push(Some(t.clone()));
             }
             let mut names = &node.outputs;
-            if let (Some(act), GraphOp::Conv { .. }) = (fused[i], &node.op) {
-                // Conv → activation: the activation runs in the convolution's epilogue.
-                let ep = match act {
-                    InPlace::Relu => Epilogue::Relu,
-                    InPlace::Clip(lo, hi) => Epilogue::Clamp(lo as f64, hi as f64),
-                };
-                let y = conv(&node.op, &args, ep).map_err(|e| node_error(node, e))?;
+            // Conv → activation: the activation runs in the convolution's epilogue; float
+            // Add → activation: one pass. Other producers apply it in place below.
+            let ep = fused[i].map(|act| match act {
+                InPlace::Relu => Epilogue::Relu,
+                InPlace::Clip(lo, hi) => Epilogue::Clamp(lo as f64, hi as f64),
+            });
+            let fused_out = match (ep, &node.op, args.first(), args.get(1)) {
+                (Some(ep), GraphOp::Conv { .. }, _, _) => Some(conv(&node.op, &args, ep).map_err(|e| node_error(node, e))?),
+                (Some(ep), GraphOp::Add, Some(Some(a)), Some(Some(b))) if a.dtype() == DType::F32 && b.dtype() == DType::F32 => {
+                    Some(a.add_act(b, ep).map_err(|e| node_error(node, e.into()))?)
+                }
+                _ => None,
+            };
+            if let Some(y) = fused_out {
                 let next = &self.nodes[i + 1];
                 if let Some(name) = next.outputs.first().filter(|n| !n.is_empty()) {
                     env.insert(name.as_str(), y);
