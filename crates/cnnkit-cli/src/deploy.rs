@@ -211,9 +211,9 @@ pub fn bench_infer(onnx: Option<&Path>, src: &ModelSource, shape: &[usize], iter
         _ => load(onnx, src, [shape[1], shape[2], shape[3]])?,
     };
     let label = onnx.map(|p| p.display().to_string()).or_else(|| src.model.clone()).unwrap_or_else(|| "checkpoint".into());
-    // The whole loop on one pool worker, with one recycling scope over all runs: from the
-    // second run on, every activation reuses a buffer of the run before (no allocation, no
-    // zero-fill), as a serving loop would. (The free lists are per thread, hence one worker.)
+    // The whole loop on one pool worker, as a serving loop would run, with one recycling scope
+    // over all runs: from the second run on, every activation reuses a buffer of the run
+    // before (no allocation, no zero-fill).
     let mut times = cnnkit::core::on_worker(|| -> Result<Vec<f64>> {
         let _recycle = cnnkit::core::recycle_buffers();
         let mut times = Vec::new();

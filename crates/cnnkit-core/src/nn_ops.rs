@@ -5,7 +5,7 @@ use crate::dtype::{Elem, FloatElem};
 use crate::layout::Layout;
 use crate::op::Op;
 use crate::shape::PadMode;
-use crate::{float_dispatch, Error, Result, Tensor};
+use crate::{float_dispatch, Error, Result, Storage, Tensor};
 use cnnkit_kernels::conv::{self, ConvGeom};
 use cnnkit_kernels::matmul::{gemm, MatRef};
 use cnnkit_kernels::pool::{self, PoolGeom};
@@ -152,26 +152,8 @@ impl Tensor {
 
     /// `F.conv2d`. self: (N, C_in, H, W) or (C_in, H, W); w: (C_out, C_in/G, KH, KW); b: (C_out).
     pub fn conv2d(&self, w: &Tensor, b: Option<&Tensor>, args: Conv2dArgs) -> Result<Tensor> {
-        let (x, added) = as_4d(self, "conv2d")?;
-        same_dtype("conv2d", &x, w)?;
-        let geom = conv_geom(&x, w, args)?;
-        if let Some(b) = b {
-            if b.shape() != [geom.c_out] {
-                return Err(Error::mismatch("conv2d (bias)", b.shape(), &[geom.c_out]));
-            }
-        }
-        let (oh, ow) = geom
-            .out_hw()
-            .ok_or_else(|| Error::bad_shape("conv2d", x.shape(), format!("kernel {:?} larger than the padded input", w.shape())))?;
-        let s = float_dispatch!("conv2d", x.dtype(), T => {
-            let mut y: Vec<T> = crate::recycle::output_vec(geom.n * geom.c_out * oh * ow);
-            x.with_data(|xd: &[T]| w.with_data(|wd: &[T]| -> Result<()> {
-                let bv = b.map(|b| b.to_vec::<T>()).transpose()?;
-                conv::conv2d_forward(&geom, xd, wd, bv.as_deref(), &mut y);
-                Ok(())
-            }))???;
-            T::into_storage(y)
-        });
+        let (x, added, geom, s) = self.conv2d_storage(w, b, args, conv::Epilogue::None)?;
+        let (oh, ow) = geom.out_hw().unwrap_or((0, 0));
         let y = Tensor::from_op(s, &[geom.n, geom.c_out, oh, ow], Op::Conv2d { x: x.clone(), w: w.clone(), b: b.cloned(), geom });
         unbatch(y, added)
     }
@@ -184,13 +166,23 @@ impl Tensor {
         let recording =
             crate::grad_mode::is_grad_enabled() && (self.requires_grad() || w.requires_grad() || b.is_some_and(|b| b.requires_grad()));
         if recording || act == conv::Epilogue::None {
-            let y = self.conv2d(w, b, args)?;
-            return match act {
-                conv::Epilogue::None => Ok(y),
-                conv::Epilogue::Relu => y.relu(),
-                conv::Epilogue::Clamp(lo, hi) => y.clamp(Some(lo), Some(hi)),
-            };
+            return self.conv2d(w, b, args)?.activation(act);
         }
+        let (_, added, geom, s) = self.conv2d_storage(w, b, args, act)?;
+        let (oh, ow) = geom.out_hw().unwrap_or((0, 0));
+        unbatch(Tensor::from_storage(s, &[geom.n, geom.c_out, oh, ow]), added)
+    }
+
+    /// What [`Tensor::conv2d`] and [`Tensor::conv2d_act`] share: the checks and the output data
+    /// of `act(conv2d(...))`. Returns the input as 4-D, whether a batch dim was added, the
+    /// geometry, and the (N, C_out, OH, OW) storage.
+    fn conv2d_storage(
+        &self,
+        w: &Tensor,
+        b: Option<&Tensor>,
+        args: Conv2dArgs,
+        act: conv::Epilogue,
+    ) -> Result<(Tensor, bool, ConvGeom, Storage)> {
         let (x, added) = as_4d(self, "conv2d")?;
         same_dtype("conv2d", &x, w)?;
         let geom = conv_geom(&x, w, args)?;
@@ -211,7 +203,17 @@ impl Tensor {
             }))???;
             T::into_storage(y)
         });
-        unbatch(Tensor::from_storage(s, &[geom.n, geom.c_out, oh, ow]), added)
+        Ok((x, added, geom, s))
+    }
+
+    /// `act(self)` as the op autograd records (relu, clamp): the unfused fallback of
+    /// [`Tensor::conv2d_act`] and [`Tensor::add_act`].
+    fn activation(self, act: conv::Epilogue) -> Result<Tensor> {
+        match act {
+            conv::Epilogue::None => Ok(self),
+            conv::Epilogue::Relu => self.relu(),
+            conv::Epilogue::Clamp(lo, hi) => self.clamp(Some(lo), Some(hi)),
+        }
     }
 
     /// `act(self + other)` in one pass over same-shape float tensors (inference's residual
@@ -225,12 +227,7 @@ impl Tensor {
             || self.dtype() != other.dtype()
             || !self.dtype().is_float()
         {
-            let y = self.add(other)?;
-            return match act {
-                conv::Epilogue::None => Ok(y),
-                conv::Epilogue::Relu => y.relu(),
-                conv::Epilogue::Clamp(lo, hi) => y.clamp(Some(lo), Some(hi)),
-            };
+            return self.add(other)?.activation(act);
         }
         let s = float_dispatch!("add", self.dtype(), T => {
             let mut y: Vec<T> = crate::recycle::output_vec(self.numel());
@@ -456,7 +453,7 @@ impl Tensor {
         let m = n * sp;
         let (mean, invstd, s) = float_dispatch!("batch_norm", self.dtype(), T => {
             // Borrowed, not copied (a copy of the input was ~8% of a MobileNet training step).
-            self.with_data(|x: &[T]| -> Result<(Vec<f64>, Vec<f64>, crate::Storage)> {
+            self.with_data(|x: &[T]| -> Result<(Vec<f64>, Vec<f64>, Storage)> {
             let (mean, var): (Vec<f64>, Vec<f64>) = if training {
                 if m <= 1 {
                     return Err(Error::bad_shape("batch_norm", self.shape(), "training needs more than one value per channel"));

@@ -305,6 +305,13 @@ impl Epilogue {
             }
         }
     }
+
+    /// [`Epilogue::apply`] over a whole tensor: parallel chunks, each vectorised for the best ISA.
+    pub fn apply_par<T: Float>(self, y: &mut [T]) {
+        if self != Epilogue::None {
+            crate::simd::chunks_in_place(y, |c| self.apply(c));
+        }
+    }
 }
 
 /// y = conv(x, w) + b. x: (N, C_in, H, W); w: (C_out, C_in/G, KH, KW); b: (C_out); y: (N, C_out, OH, OW).
@@ -731,11 +738,7 @@ mod tests {
             let (_, want) = crate::reference::conv2d_backward_naive(&g, &x, &w, &gy);
             let mut gw = vec![f64::NAN; want.len()];
             conv2d_backward_weight(&g, &x, &gy, &mut gw);
-            let err = gw
-                .iter()
-                .zip(&want)
-                .map(|(a, b)| (a - b).abs())
-                .fold(0.0, |m: f64, d: f64| if d.is_nan() { f64::INFINITY } else { m.max(d) });
+            let err = crate::reference::max_abs_diff(&gw, &want);
             assert!(err < 1e-9, "n {n} h {h}: {err}");
         }
     }

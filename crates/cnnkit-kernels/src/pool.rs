@@ -158,18 +158,14 @@ best_isa_fn!(max_pool_plane_2x2_best, max_pool_plane_2x2_avx2, max_pool_plane_2x
 fn fill_phases<T: Float>(g: &PoolGeom, ow: usize, x: &[T], ph: &mut [T]) {
     let (s, pad) = (g.stride.1, g.padding.1);
     let pw = phase_width(g, ow);
-    // Per phase r: the indices j0..j1 whose column j·S + r − pad lies inside the row (the
-    // same for every row, so computed once).
-    let ranges: Vec<(usize, usize)> = (0..s)
-        .map(|r| {
-            let j0 = pad.saturating_sub(r).div_ceil(s).min(pw);
-            let j1 = if g.w + pad > r { ((g.w - 1 + pad - r) / s + 1).clamp(j0, pw) } else { j0 };
-            (j0, j1)
-        })
-        .collect();
-    for (iy, rows) in ph.chunks_exact_mut(s * pw).take(g.h).enumerate() {
-        let src = &x[iy * g.w..(iy + 1) * g.w];
-        for (r, (dst, &(j0, j1))) in rows.chunks_exact_mut(pw).zip(&ranges).enumerate() {
+    for r in 0..s {
+        // The indices j0..j1 whose column j·S + r − pad lies inside the row: the same for
+        // every row, so computed once per phase.
+        let j0 = pad.saturating_sub(r).div_ceil(s).min(pw);
+        let j1 = if g.w + pad > r { ((g.w - 1 + pad - r) / s + 1).clamp(j0, pw) } else { j0 };
+        for iy in 0..g.h {
+            let src = &x[iy * g.w..(iy + 1) * g.w];
+            let dst = &mut ph[(iy * s + r) * pw..(iy * s + r + 1) * pw];
             dst[..j0].fill(T::neg_infinity());
             if j1 > j0 {
                 let c0 = j0 * s + r - pad;

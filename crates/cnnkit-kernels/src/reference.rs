@@ -3,6 +3,12 @@
 use crate::conv::ConvGeom;
 use crate::Float;
 
+/// Largest |a − b| over paired elements, a NaN difference counting as infinite (`f64::max`
+/// would skip it and let a NaN result pass). For comparing fast kernels with their twins.
+pub fn max_abs_diff<A: Copy + Into<f64>>(a: &[A], b: &[f64]) -> f64 {
+    a.iter().zip(b).map(|(&x, y)| (x.into() - y).abs()).fold(0.0, |m, d| if d.is_nan() { f64::INFINITY } else { m.max(d) })
+}
+
 /// c (m, n) += a (m, k) @ b (k, n), all row-major.
 pub fn matmul_naive<T: Float>(a: &[T], b: &[T], c: &mut [T], m: usize, k: usize, n: usize) {
     for i in 0..m {

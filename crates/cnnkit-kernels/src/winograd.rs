@@ -115,17 +115,9 @@ pub fn forward_ep<T: Float>(g: &ConvGeom, x: &[T], w: &[T], b: Option<&[T]>, ep:
     let u: &[T] = &u;
     {
         let block = |bi: usize, par: bool| {
-            let q0 = bi * rpb;
-            let q1 = (q0 + rpb).min(rows);
-            let nb = (q1 - q0) * tw;
-            let nbp = nb.div_ceil(LANES) * LANES;
-            let (v_len, m_len) = (NXI * cin * nbp, NXI * cout * nbp);
-            T::with_scratch(v_len + m_len + 2 * NXI * nbp + A_T * (M_T * tw + 2), |buf| {
-                let (v, rest) = buf.split_at_mut(v_len);
-                let (m, rest) = rest.split_at_mut(m_len);
-                let (t1, rest) = rest.split_at_mut(NXI * nbp);
-                let (t2, pad) = rest.split_at_mut(NXI * nbp);
-                let blk = Block { g, oh, ow, th, tw, q0, q1, nbp, ep };
+            let blk = Block::new(g, rpb, bi, ep);
+            let (nb, nbp) = (blk.tiles(), blk.nbp);
+            with_block_scratch(&blk, |v, m, t1, t2, pad| {
                 input_transform_best(&blk, x, v, t1, t2, pad);
                 for xi in 0..NXI {
                     // U_ξ: (C_out, C_in) inside u's (C_out, 36, C_in) layout.
@@ -319,17 +311,9 @@ pub fn backward_weight<T: Float>(g: &ConvGeom, x: &[T], gy: &[T], gw: &mut [T]) 
             let mut m = vec![T::zero(); mlen];
             let par = groups == 1;
             for bi in gi * per_group..((gi + 1) * per_group).min(nblk) {
-                let q0 = bi * rpb;
-                let q1 = (q0 + rpb).min(rows);
-                let nb = (q1 - q0) * tw;
-                let nbp = nb.div_ceil(LANES) * LANES;
-                let (v_len, y_len) = (NXI * cin * nbp, NXI * cout * nbp);
-                T::with_scratch(v_len + y_len + 2 * NXI * nbp + A_T * (M_T * tw + 2), |buf| {
-                    let (v, rest) = buf.split_at_mut(v_len);
-                    let (yh, rest) = rest.split_at_mut(y_len);
-                    let (t1, rest) = rest.split_at_mut(NXI * nbp);
-                    let (t2, pad) = rest.split_at_mut(NXI * nbp);
-                    let blk = Block { g, oh, ow, th, tw, q0, q1, nbp, ep: crate::conv::Epilogue::None };
+                let blk = Block::new(g, rpb, bi, crate::conv::Epilogue::None);
+                let (nb, nbp) = (blk.tiles(), blk.nbp);
+                with_block_scratch(&blk, |v, yh, t1, t2, pad| {
                     input_transform_best(&blk, x, v, t1, t2, pad);
                     grad_transform_best(&blk, gy, yh, t1, t2);
                     for xi in 0..NXI {
@@ -449,6 +433,40 @@ struct Block<'a> {
     nbp: usize,
     /// Applied to each output row the output transform writes.
     ep: crate::conv::Epilogue,
+}
+
+impl<'a> Block<'a> {
+    /// Block `bi` of the tile rows of `g`'s whole batch split into runs of `rpb` (the last run
+    /// may be shorter).
+    fn new(g: &'a ConvGeom, rpb: usize, bi: usize, ep: crate::conv::Epilogue) -> Self {
+        let (oh, ow) = g.out_hw().unwrap_or((0, 0));
+        let (th, tw) = (oh.div_ceil(M_T), ow.div_ceil(M_T));
+        let q0 = bi * rpb;
+        let q1 = (q0 + rpb).min(g.n * th);
+        let nbp = ((q1 - q0) * tw).div_ceil(LANES) * LANES;
+        Block { g, oh, ow, th, tw, q0, q1, nbp, ep }
+    }
+
+    /// Tiles in the block (nbp rounds this up to whole vectors).
+    fn tiles(&self) -> usize {
+        (self.q1 - self.q0) * self.tw
+    }
+}
+
+/// Runs `f(v, w, t1, t2, pad)` on this thread's scratch, sized for `blk`: v (36, C_in, nbp) for
+/// the transformed input, w (36, C_out, nbp) for the output-side planes (M in the forward, Ŷ in
+/// the weight gradient), t1 and t2 (36·nbp each) for the transforms, pad for the input
+/// transform's padded rows.
+fn with_block_scratch<T: Float, R>(blk: &Block<'_>, f: impl FnOnce(&mut [T], &mut [T], &mut [T], &mut [T], &mut [T]) -> R) -> R {
+    let nbp = blk.nbp;
+    let (v_len, w_len) = (NXI * blk.g.c_in * nbp, NXI * blk.g.c_out * nbp);
+    T::with_scratch(v_len + w_len + 2 * NXI * nbp + A_T * (M_T * blk.tw + 2), |buf| {
+        let (v, rest) = buf.split_at_mut(v_len);
+        let (w, rest) = rest.split_at_mut(w_len);
+        let (t1, rest) = rest.split_at_mut(NXI * nbp);
+        let (t2, pad) = rest.split_at_mut(NXI * nbp);
+        f(v, w, t1, t2, pad)
+    })
 }
 
 #[inline(always)]
@@ -653,8 +671,7 @@ mod tests {
         let aw: Vec<f64> = w.iter().map(|v| v.abs()).collect();
         let ab: Option<Vec<f64>> = b.map(|b| b.iter().map(|v| v.abs()).collect());
         let scale = reference::conv2d_naive(g, &ax, &aw, ab.as_deref()).into_iter().fold(f64::MIN_POSITIVE, f64::max);
-        got.iter().zip(&want).map(|(a, e)| (a - e).abs()).fold(0.0, |m: f64, d: f64| if d.is_nan() { f64::INFINITY } else { m.max(d) })
-            / scale
+        reference::max_abs_diff(got, &want) / scale
     }
 
     /// Largest error of the f32 Winograd result relative to the f64 direct result's scale.
@@ -699,12 +716,7 @@ mod tests {
         let mut yd = vec![0.0f32; want.len()];
         let w32 = to_f32(&w);
         crate::matmul::gemm(MatRef::row_major(&w32, 64, 576), MatRef::row_major(&cols, 576, 56 * 56), &mut yd, false, true);
-        let err = |y: &[f32]| {
-            y.iter()
-                .zip(&want)
-                .map(|(&a, e)| (a as f64 - e).abs())
-                .fold(0.0, |m: f64, d: f64| if d.is_nan() { f64::INFINITY } else { m.max(d) })
-        };
+        let err = |y: &[f32]| reference::max_abs_diff(y, &want);
         let (ew, ed) = (err(&yw), err(&yd));
         eprintln!(
             "realistic 64→64 56×56: output rms {rms:.3}, max {ymax:.3}; max |err| winograd {ew:.3e} ({:.2e} of rms, {:.2e} of max), \
@@ -728,11 +740,7 @@ mod tests {
             let (want, _) = reference::conv2d_backward_naive(&g, &x, &wt, &gy);
             let mut gx = vec![f64::NAN; x.len()];
             backward_input(&g, &gy, &wt, &mut gx);
-            let e = gx
-                .iter()
-                .zip(&want)
-                .map(|(a, b)| (a - b).abs())
-                .fold(0.0, |m: f64, d: f64| if d.is_nan() { f64::INFINITY } else { m.max(d) });
+            let e = reference::max_abs_diff(&gx, &want);
             assert!(e < 1e-12, "pad {p}: {e}");
         }
     }
@@ -749,11 +757,7 @@ mod tests {
             let (_, want) = reference::conv2d_backward_naive(&g, &x, &wt, &gy);
             let mut gw = vec![f64::NAN; wt.len()];
             backward_weight(&g, &x, &gy, &mut gw);
-            let e = gw
-                .iter()
-                .zip(&want)
-                .map(|(a, b)| (a - b).abs())
-                .fold(0.0, |m: f64, d: f64| if d.is_nan() { f64::INFINITY } else { m.max(d) });
+            let e = reference::max_abs_diff(&gw, &want);
             assert!(e < 1e-11, "n {n} pad {p} {h}×{w}: {e}");
         }
     }
@@ -776,7 +780,7 @@ mod tests {
             let scale = scale.iter().fold(f64::MIN_POSITIVE, |m, v| m.max(v.abs()));
             let mut gw = vec![f32::NAN; wt.len()];
             backward_weight(&g, &to_f32(&x), &to_f32(&gy), &mut gw);
-            let e = gw.iter().zip(&want).map(|(&a, b)| (a as f64 - b).abs()).fold(0.0, |m: f64, d: f64| if d.is_nan() { f64::INFINITY } else { m.max(d) });
+            let e = reference::max_abs_diff(&gw, &want);
             prop_assert!(e / scale <= 1e-4, "scaled error {:.3e} for {:?}", e / scale, g);
         }
     }

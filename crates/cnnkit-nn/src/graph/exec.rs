@@ -88,13 +88,10 @@ impl Graph {
                 let t = t.ok_or_else(|| node_error(node, E(format!("input '{v}' is not defined before this node"))))?;
                 args.push(Some(t.clone()));
             }
-            let mut names = &node.outputs;
-            // Conv → activation: the activation runs in the convolution's epilogue; float
-            // Add → activation: one pass. Other producers apply it in place below.
-            let ep = fused[i].map(|act| match act {
-                InPlace::Relu => Epilogue::Relu,
-                InPlace::Clip(lo, hi) => Epilogue::Clamp(lo as f64, hi as f64),
-            });
+            // A fused activation (see fusable_activations) names its output after the next
+            // node, which is then skipped. Conv runs it in the convolution's epilogue, a float
+            // Add in its single pass; other producers apply it in place on their fresh output.
+            let ep = fused[i];
             let fused_out = match (ep, &node.op, args.first(), args.get(1)) {
                 (Some(ep), GraphOp::Conv { .. }, _, _) => Some(conv(&node.op, &args, ep).map_err(|e| node_error(node, e))?),
                 (Some(ep), GraphOp::Add, Some(Some(a)), Some(Some(b))) if a.dtype() == DType::F32 && b.dtype() == DType::F32 => {
@@ -102,27 +99,20 @@ impl Graph {
                 }
                 _ => None,
             };
-            if let Some(y) = fused_out {
-                let next = &self.nodes[i + 1];
-                if let Some(name) = next.outputs.first().filter(|n| !n.is_empty()) {
-                    env.insert(name.as_str(), y);
-                }
-                skip = true;
-                for v in &node.inputs {
-                    if last_use.get(v.as_str()) == Some(&i) && !self.outputs.contains(v) {
-                        env.remove(v.as_str());
-                    }
-                }
-                continue;
-            }
-            let outs = eval(&node.op, &args, node.outputs.len()).map_err(|e| node_error(node, e))?;
-            if let Some(act) = fused[i] {
-                // The next node is an activation of this fresh output only: apply it in place.
-                if apply_in_place(act, &outs[0])? {
-                    names = &self.nodes[i + 1].outputs;
+            let outs = match fused_out {
+                Some(y) => {
                     skip = true;
+                    vec![y]
                 }
-            }
+                None => {
+                    let outs = eval(&node.op, &args, node.outputs.len()).map_err(|e| node_error(node, e))?;
+                    if let Some(ep) = ep {
+                        skip = apply_in_place(ep, &outs[0])?;
+                    }
+                    outs
+                }
+            };
+            let names = if skip { &self.nodes[i + 1].outputs } else { &node.outputs };
             for (name, t) in names.iter().zip(outs) {
                 if !name.is_empty() {
                     env.insert(name.as_str(), t);
@@ -146,29 +136,22 @@ impl Graph {
     }
 }
 
-/// An activation the executor applies in place to the output of the node before it.
-#[derive(Clone, Copy, Debug, PartialEq)]
-enum InPlace {
-    Relu,
-    Clip(f32, f32),
-}
-
 impl Graph {
     /// For each node, the activation of the next node that can run in place on this node's
     /// output: the producer makes a fresh tensor (Conv, Gemm, Add, BatchNormalization), the
     /// activation is its only reader, and the value is not a graph output. This saves the
     /// activation's allocation and its output pass (the inference-time "fused epilogue").
-    fn fusable_activations(&self) -> Vec<Option<InPlace>> {
+    fn fusable_activations(&self) -> Vec<Option<Epilogue>> {
         let mut readers: HashMap<&str, usize> = HashMap::new();
         for n in &self.nodes {
             for v in n.inputs.iter().filter(|v| !v.is_empty()) {
                 *readers.entry(v.as_str()).or_default() += 1;
             }
         }
-        let scalar = |name: Option<&String>, default: f32| -> Option<f32> {
+        let scalar = |name: Option<&String>, default: f64| -> Option<f64> {
             match name.filter(|n| !n.is_empty()) {
                 None => Some(default),
-                Some(n) => self.initializers.get(n).filter(|t| t.numel() == 1).and_then(|t| t.item().ok()).map(|v| v as f32),
+                Some(n) => self.initializers.get(n).filter(|t| t.numel() == 1).and_then(|t| t.item().ok()),
             }
         };
         (0..self.nodes.len())
@@ -183,9 +166,9 @@ impl Graph {
                     return None;
                 }
                 match b.op {
-                    GraphOp::Relu => Some(InPlace::Relu),
+                    GraphOp::Relu => Some(Epilogue::Relu),
                     GraphOp::Clip => {
-                        Some(InPlace::Clip(scalar(b.inputs.get(1), f32::NEG_INFINITY)?, scalar(b.inputs.get(2), f32::INFINITY)?))
+                        Some(Epilogue::Clamp(scalar(b.inputs.get(1), f64::NEG_INFINITY)?, scalar(b.inputs.get(2), f64::INFINITY)?))
                     }
                     _ => None,
                 }
@@ -194,24 +177,13 @@ impl Graph {
     }
 }
 
-/// Applies `act` to `t` in place (NaN stays NaN, as in the unfused ops). Returns false (and
+/// Applies `ep` to `t` in place (NaN stays NaN, as in the unfused ops). Returns false (and
 /// leaves `t` alone) for tensors it does not handle, which then run the activation node.
-fn apply_in_place(act: InPlace, t: &Tensor) -> Result<bool> {
+fn apply_in_place(ep: Epilogue, t: &Tensor) -> Result<bool> {
     if t.dtype() != DType::F32 || !t.is_contiguous() {
         return Ok(false);
     }
-    // Selects, not branches, so the loops vectorise; NaN fails both tests and stays.
-    t.update_data(|d: &mut [f32]| match act {
-        InPlace::Relu => cnnkit_kernels::simd::map_in_place(d, |v| if v < 0.0 { 0.0 } else { v }),
-        InPlace::Clip(lo, hi) => cnnkit_kernels::simd::map_in_place(d, move |v| {
-            let v = if v < lo { lo } else { v };
-            if v > hi {
-                hi
-            } else {
-                v
-            }
-        }),
-    })?;
+    t.update_data(|d: &mut [f32]| ep.apply_par(d))?;
     Ok(true)
 }
 
