@@ -57,19 +57,35 @@ pub fn gemm_strided<T: Float>(a: MatRef<T>, b: MatRef<T>, c: &mut [T], c_rs: isi
         }
         return;
     }
+    // SAFETY: the output view was checked against c above; c is a distinct &mut slice.
+    unsafe { gemm_raw(a, b, c.as_mut_ptr(), c_rs, c_cs, accumulate, parallel) }
+}
+
+/// As [`gemm_strided`] with c given as a pointer, for callers that write disjoint strided
+/// blocks of one output from several threads (which `&mut` slices cannot express).
+///
+/// # Safety
+/// Every `c[i·c_rs + j·c_cs]` (i < a.rows, j < b.cols) must be valid for reads and writes and
+/// not accessed by anyone else during the call; c_rs, c_cs ≥ 0; a.cols == b.rows; k > 0.
+pub(crate) unsafe fn gemm_raw<T: Float>(a: MatRef<T>, b: MatRef<T>, c: *mut T, c_rs: isize, c_cs: isize, accumulate: bool, parallel: bool) {
+    let (m, k, n) = (a.rows, a.cols, b.cols);
+    if m == 0 || n == 0 {
+        return;
+    }
+    assert!(k > 0 && b.rows == k, "gemm: inner dimensions differ or are empty");
     assert!(a.max_index() < a.data.len() && b.max_index() < b.data.len(), "gemm: view out of bounds");
     let par = if parallel && crate::num_threads() > 1 && m * n * k > 64 * 64 * 64 {
         gemm::Parallelism::Rayon(crate::num_threads())
     } else {
         gemm::Parallelism::None
     };
-    // SAFETY: bounds of every view were checked above; c is a distinct &mut slice.
+    // SAFETY: a's and b's views were checked above; c's is the caller's promise.
     unsafe {
         gemm::gemm(
             m,
             n,
             k,
-            c.as_mut_ptr(),
+            c,
             c_cs,
             c_rs,
             accumulate,
