@@ -251,6 +251,8 @@ fn train_step(b: TrainStepBench) -> Result<()> {
     let y = Tensor::from_vec((0..b.batch_size as i64).map(|i| i % 10).collect::<Vec<_>>(), &[b.batch_size])?;
     let mut opt = cnnkit::optim::Sgd::new(model.parameters(), cnnkit::optim::SgdConfig { lr: 0.01, momentum: 0.9, ..Default::default() })?;
     let opts = CrossEntropyOptions::default();
+    // As the trainer: dead activations and gradients are reused by the next step.
+    let _recycle = cnnkit::core::recycle_buffers();
     let (med, _) = median_ms(2, b.common.iters, || {
         use cnnkit::optim::Optimizer;
         // As the trainer runs a step: on a kernel-pool worker.
@@ -351,6 +353,7 @@ fn epoch(b: EpochBench) -> Result<()> {
     let opts = CrossEntropyOptions::default();
     let mut e = 0;
     model.train(true);
+    let _recycle = cnnkit::core::recycle_buffers();
     let (med, _) = median_ms(0, b.common.iters.clamp(1, 3), || {
         e += 1;
         for batch in src.batches(e) {

@@ -232,13 +232,14 @@ fn input_grads(op: &Op, y: &Tensor, g: &Tensor) -> Result<Vec<(Tensor, Tensor)>>
             }
         }
         Op::Conv2d { x, w, b, geom } => float_dispatch!("backward", x.dtype(), T => g.with_data(|gv: &[T]| -> Result<()> {
+            // Both kernels overwrite their output: recycled buffers need no zero-fill.
             if need(x) {
-                let mut gx = vec![T::zero(); x.numel()];
+                let mut gx: Vec<T> = crate::recycle::output_vec(x.numel());
                 w.with_data(|wd: &[T]| conv::conv2d_backward_input(geom, gv, wd, &mut gx))?;
                 out.push((x.clone(), vec_t(gx, x.shape())?));
             }
             if need(w) {
-                let mut gw = vec![T::zero(); w.numel()];
+                let mut gw: Vec<T> = crate::recycle::output_vec(w.numel());
                 x.with_data(|xd: &[T]| conv::conv2d_backward_weight(geom, xd, gv, &mut gw))?;
                 out.push((w.clone(), vec_t(gw, w.shape())?));
             }
@@ -273,8 +274,9 @@ fn input_grads(op: &Op, y: &Tensor, g: &Tensor) -> Result<Vec<(Tensor, Tensor)>>
         Op::MaxPool { x, idx } => {
             let (pin, pout) = (x.shape()[2] * x.shape()[3], y.shape()[2] * y.shape()[3]);
             let gx = float_dispatch!("backward", x.dtype(), T => {
-                let mut gx = vec![T::zero(); x.numel()];
-                pool::scatter_plane_indices(&g.to_vec::<T>()?, idx, pin, pout, &mut gx);
+                // The scatter zeroes each plane itself, while it is in cache.
+                let mut gx: Vec<T> = crate::recycle::output_vec(x.numel());
+                g.with_data(|gv: &[T]| pool::scatter_plane_indices(gv, idx, pin, pout, &mut gx))?;
                 vec_t(gx, x.shape())?
             });
             out.push((x.clone(), gx));
@@ -419,7 +421,7 @@ fn batch_norm_backward<T: FloatElem>(
                         }
                     })
                     .collect();
-                let mut gx = vec![T::zero(); xv.len()];
+                let mut gx: Vec<T> = crate::recycle::output_vec(xv.len());
                 gx.par_chunks_mut(sp.max(1)).enumerate().for_each(|(p, o)| {
                     let (k1, k2, k3) = k[p % c];
                     let r = p * sp..(p + 1) * sp;

@@ -5,14 +5,27 @@ use crate::dtype::{Elem, FloatElem};
 use crate::op::{BinaryOp, Op, UnaryOp};
 use crate::{float_dispatch, DType, Error, Result, Tensor};
 
-/// out[i] = f(x[i]): parallel chunks, vectorised for the CPU at hand (cnnkit-kernels::simd).
-pub(crate) fn map_vec<T: Copy + Send + Sync, U: Copy + Send + Sync>(x: &[T], f: impl Fn(T) -> U + Sync + Send) -> Vec<U> {
-    cnnkit_kernels::simd::map(x, f)
+/// out[i] = f(x[i]): parallel chunks, vectorised for the CPU at hand (cnnkit-kernels::simd),
+/// into a recycled buffer inside a recycling scope (see [`crate::recycle`]), else a new one.
+pub(crate) fn map_vec<T: Copy + Send + Sync, U: Elem>(x: &[T], f: impl Fn(T) -> U + Sync + Send) -> Vec<U> {
+    match crate::recycle::take::<U>(x.len()) {
+        Some(mut out) => {
+            cnnkit_kernels::simd::map_into(x, &mut out, f);
+            out
+        }
+        None => cnnkit_kernels::simd::map(x, f),
+    }
 }
 
 /// out[i] = f(a[i], b[i]), as [`map_vec`].
-pub(crate) fn zip_vec<T: Copy + Send + Sync, U: Copy + Send + Sync>(a: &[T], b: &[T], f: impl Fn(T, T) -> U + Sync + Send) -> Vec<U> {
-    cnnkit_kernels::simd::zip(a, b, f)
+pub(crate) fn zip_vec<T: Copy + Send + Sync, U: Elem>(a: &[T], b: &[T], f: impl Fn(T, T) -> U + Sync + Send) -> Vec<U> {
+    match crate::recycle::take::<U>(a.len().min(b.len())) {
+        Some(mut out) => {
+            cnnkit_kernels::simd::zip_into(a, b, &mut out, f);
+            out
+        }
+        None => cnnkit_kernels::simd::zip(a, b, f),
+    }
 }
 
 fn c<T: FloatElem>(v: f64) -> T {

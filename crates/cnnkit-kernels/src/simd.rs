@@ -104,6 +104,32 @@ pub fn chunks_in_place<T: Copy + Send + Sync>(x: &mut [T], f: impl Fn(&mut [T]) 
     }
 }
 
+/// Runs `fill(start, chunk)` over `out` in parallel chunks of [`CHUNK`] (serially when short).
+fn over_chunks<U: Send>(out: &mut [U], fill: impl Fn(usize, &mut [U]) + Sync + Send) {
+    use rayon::prelude::*;
+    if out.len() >= 2 * CHUNK {
+        out.par_chunks_mut(CHUNK).enumerate().for_each(|(i, o)| fill(i * CHUNK, o));
+    } else {
+        fill(0, out);
+    }
+}
+
+/// [`map`] into an existing buffer (a recycled one): out[i] = f(x[i]) for i < out.len() ≤ x.len().
+pub fn map_into<T: Copy + Send + Sync, U: Copy + Send + Sync>(x: &[T], out: &mut [U], f: impl Fn(T) -> U + Sync + Send) {
+    over_chunks(out, |start, o| {
+        let i = &x[start..start + o.len()];
+        with_best_isa(|| o.iter_mut().zip(i).for_each(|(o, &v)| *o = f(v)))
+    })
+}
+
+/// [`zip`] into an existing buffer: out[i] = f(a[i], b[i]) for i < out.len() ≤ a.len(), b.len().
+pub fn zip_into<T: Copy + Send + Sync, U: Copy + Send + Sync>(a: &[T], b: &[T], out: &mut [U], f: impl Fn(T, T) -> U + Sync + Send) {
+    over_chunks(out, |start, o| {
+        let (x, y) = (&a[start..start + o.len()], &b[start..start + o.len()]);
+        with_best_isa(|| o.iter_mut().zip(x.iter().zip(y)).for_each(|(o, (&p, &q))| *o = f(p, q)))
+    })
+}
+
 /// out[i] = f(a[i], b[i]), in parallel chunks, each vectorised for the best ISA.
 pub fn zip<T: Copy + Send + Sync, U: Copy + Send + Sync>(a: &[T], b: &[T], f: impl Fn(T, T) -> U + Sync + Send) -> Vec<U> {
     let n = a.len().min(b.len());

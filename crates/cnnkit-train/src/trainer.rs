@@ -140,6 +140,9 @@ pub fn fit(
     let mut last_metrics = None;
     let mut stopped_early = false;
 
+    // Steps repeat the same shapes: each step's outputs and gradients take the buffers the
+    // previous step freed (no zero-fill, no fresh pages); see cnnkit_core::recycle.
+    let _recycle = cnnkit_core::recycle_buffers();
     for epoch in start_epoch..cfg.epochs {
         model.train(true);
         for path in &cfg.eval_modules {
