@@ -728,7 +728,19 @@ mod tests {
 
     fn geom_strategy() -> impl Strategy<Value = ConvGeom> {
         // Input channels per group up to 8: K = C_in/G·KH·KW from 1 to 72.
-        (1usize..4, prop_oneof![1usize..4, 5usize..9], 1usize..6, 1usize..3, 3usize..10, 3usize..10, 1usize..4, 1usize..4, 1usize..3, 0usize..3, 1usize..3)
+        (
+            1usize..4,
+            prop_oneof![1usize..4, 5usize..9],
+            1usize..6,
+            1usize..3,
+            3usize..10,
+            3usize..10,
+            1usize..4,
+            1usize..4,
+            1usize..3,
+            0usize..3,
+            1usize..3,
+        )
             .prop_map(|(n, cpg, copg, groups, h, w, kh, kw, s, p, d)| ConvGeom {
                 n,
                 c_in: cpg * groups,

@@ -327,28 +327,42 @@ pub fn backward_weight<T: Float>(g: &ConvGeom, x: &[T], gy: &[T], gw: &mut [T]) 
         })
         .collect();
     // gw = Gᵀ (Σ partial M) G, per filter; parallel over output channels.
-    gw[..cout * cin * 9].par_chunks_mut(cin * 9).enumerate().for_each(|(co, gwc)| {
-        for (ci, f) in gwc.chunks_exact_mut(9).enumerate() {
-            let mut mm = [T::zero(); NXI];
-            for (xi, v) in mm.iter_mut().enumerate() {
-                let at = (xi * cout + co) * cin + ci;
-                *v = partial.iter().fold(T::zero(), |s, p| s + p[at]);
+    gw[..cout * cin * 9].par_chunks_mut(cin * 9).enumerate().for_each(|(co, gwc)| weight_grad_filters_best(&partial, co, cout, cin, gwc));
+}
+
+best_isa_fn!(weight_grad_filters_best, weight_grad_filters_avx2, weight_grad_filters, (partial: &[Vec<T>], co: usize, cout: usize, cin: usize, gwc: &mut [T]));
+
+/// gwc (C_in, 3, 3) = Gᵀ·M·G for output channel co, M summed over the per-thread partials,
+/// LANES input channels at a time (plane ξ of M holds them side by side; a scalar loop over
+/// filters was 2% of a resnet18 CIFAR step).
+#[inline(always)]
+fn weight_grad_filters<T: Float>(partial: &[Vec<T>], co: usize, cout: usize, cin: usize, gwc: &mut [T]) {
+    for c0 in (0..cin).step_by(LANES) {
+        let nl = LANES.min(cin - c0);
+        let mut mm = [[T::zero(); LANES]; NXI];
+        for (xi, row) in mm.iter_mut().enumerate() {
+            let at = (xi * cout + co) * cin + c0;
+            for p in partial {
+                row[..nl].iter_mut().zip(&p[at..at + nl]).for_each(|(r, &v)| *r = *r + v);
             }
-            // Along b (W) for each a, then along a (H): 6 → 3 each, Gᵀ's rows.
-            let mut half = [T::zero(); A_T * 3];
-            for a in 0..A_T {
-                let o = gt3(&mm[A_T * a..A_T * a + A_T]);
-                half[3 * a..3 * a + 3].copy_from_slice(&o);
+        }
+        // Along b (W) for each a, then along a (H): 6 → 3 each, Gᵀ's rows.
+        let mut half = [[T::zero(); LANES]; A_T * 3];
+        for a in 0..A_T {
+            for l in 0..LANES {
+                let o = gt3(&std::array::from_fn::<T, A_T, _>(|b| mm[A_T * a + b][l]));
+                (0..3).for_each(|kj| half[3 * a + kj][l] = o[kj]);
             }
-            for kj in 0..3 {
-                let col: [T; A_T] = std::array::from_fn(|a| half[3 * a + kj]);
-                let o = gt3(&col);
-                for ki in 0..3 {
-                    f[3 * ki + kj] = o[ki];
+        }
+        for kj in 0..3 {
+            for l in 0..LANES {
+                let o = gt3(&std::array::from_fn::<T, A_T, _>(|a| half[3 * a + kj][l]));
+                if l < nl {
+                    (0..3).for_each(|ki| gwc[(c0 + l) * 9 + 3 * ki + kj] = o[ki]);
                 }
             }
         }
-    });
+    }
 }
 
 /// Gᵀ·m along one axis: 6 values in, 3 out. Gᵀ is the transpose of G (see [`g3`]):
