@@ -343,7 +343,7 @@ fn weight_grad_filters<T: Float>(partial: &[Vec<T>], co: usize, cout: usize, cin
         for (xi, row) in mm.iter_mut().enumerate() {
             let at = (xi * cout + co) * cin + c0;
             for p in partial {
-                row[..nl].iter_mut().zip(&p[at..at + nl]).for_each(|(r, &v)| *r = *r + v);
+                row[..nl].iter_mut().zip(&p[at..at + nl]).for_each(|(r, &v)| *r += v);
             }
         }
         // Along b (W) for each a, then along a (H): 6 → 3 each, Gᵀ's rows.
