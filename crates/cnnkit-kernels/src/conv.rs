@@ -616,7 +616,9 @@ pub fn conv2d_backward_weight<T: Float>(g: &ConvGeom, x: &[T], gy: &[T], gw: &mu
     // Several images per GEMM only for small planes, whose per-image reduction (P) is too short;
     // a first layer's 28×28 image is long enough, and batching it cost a copy of gy (MNIST
     // conv 1→32: fwd+bwd ~15% faster per image).
-    let imgs_per_blk = if rows_per_blk == oh && p < SMALL_PLANE { (BLOCK / (kr * p).max(1)).clamp(1, 16) } else { 1 };
+    // At least SMALL_PLANE pixels per GEMM even past BLOCK: with one 4×4 image per call, each
+    // call's k is 16 and it reads and writes the whole gw (9 MiB for 512 → 512 channels).
+    let imgs_per_blk = if rows_per_blk == oh && p < SMALL_PLANE { (BLOCK / (kr * p).max(1)).max(SMALL_PLANE / p).clamp(1, 16) } else { 1 };
     let pb = rows_per_blk * ow * imgs_per_blk;
     let scratch = pb * kr + cog * pb;
     // Accumulates images `imgs` into acc (column-major per group: (K, C_out/G) row-major).
