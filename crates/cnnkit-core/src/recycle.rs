@@ -68,7 +68,9 @@ pub struct RecycleGuard {
 
 /// Starts recycling activation buffers on this thread until the returned guard is dropped.
 /// Scopes nest. Hold one across repeated inference calls (a serving loop, a benchmark) so
-/// that the steady state allocates nothing; `Graph::run` also opens one for its own duration.
+/// that the steady state allocates nothing, or across a custom training loop so each step
+/// reuses the previous step's activations and gradients (`cnnkit_train`'s trainer does);
+/// `Graph::run` also opens one for its own duration.
 pub fn recycle_buffers() -> RecycleGuard {
     POOL.with(|p| p.borrow_mut().depth += 1);
     RecycleGuard { _thread_bound: PhantomData }

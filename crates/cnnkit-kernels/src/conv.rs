@@ -65,7 +65,7 @@ pub fn im2col<T: Float>(g: &ConvGeom, x: &[T], cols: &mut [T]) {
 /// moves, which LLVM emits as vector loads and stores, the last block overlapping the one
 /// before. (The 7- and 14-wide rows of ResNet's last stages made im2col mostly call overhead.)
 #[inline(always)]
-fn copy_row<T: Float>(dst: &mut [T], src: &[T]) {
+pub(crate) fn copy_row<T: Float>(dst: &mut [T], src: &[T]) {
     let n = dst.len();
     let src = &src[..n];
     if n >= 64 {

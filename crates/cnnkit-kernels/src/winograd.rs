@@ -513,6 +513,9 @@ impl Block<'_> {
         // A padded row covers input columns −pw .. 4·tw + 2 − pw: every tile's 6 columns.
         let wp = M_T * tw + 2;
         let copy = g.w.min(wp - pw); // image columns that land inside the padded row
+                                     // Columns outside pw .. pw + copy are padding in every row and never written below:
+                                     // zeroed once here rather than per row (two memset calls per row for a zero or two).
+        pad[..A_T * wp].fill(T::zero());
         for c in 0..g.c_in {
             // d: plane 6i + j holds input pixel (i, j) of every tile (zero outside the image).
             for q in self.q0..self.q1 {
@@ -523,13 +526,11 @@ impl Block<'_> {
                 // gather below needs no bounds tests.
                 for (i, pr) in pad.chunks_exact_mut(wp).take(A_T).enumerate() {
                     let iy = (M_T * ty + i) as isize - ph;
+                    let mid = &mut pr[pw..pw + copy];
                     if iy >= 0 && (iy as usize) < g.h {
-                        let src = &xp[iy as usize * g.w..][..copy];
-                        pr[..pw].fill(T::zero());
-                        pr[pw..pw + copy].copy_from_slice(src);
-                        pr[pw + copy..].fill(T::zero());
+                        crate::conv::copy_row(mid, &xp[iy as usize * g.w..][..copy]);
                     } else {
-                        pr.fill(T::zero());
+                        mid.fill(T::zero());
                     }
                 }
                 for (i, pr) in pad.chunks_exact(wp).take(A_T).enumerate() {
