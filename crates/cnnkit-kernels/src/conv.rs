@@ -437,6 +437,14 @@ fn forward_batched<T: Float>(g: &ConvGeom, x: &[T], w: &[T], b: Option<&[T]>, ep
     });
 }
 
+fn gcd(a: usize, b: usize) -> usize {
+    if b == 0 {
+        a
+    } else {
+        gcd(b, a % b)
+    }
+}
+
 /// A raw output pointer shared by threads that write disjoint blocks of it.
 #[derive(Clone, Copy)]
 struct SyncPtr<T>(*mut T);
@@ -471,7 +479,19 @@ fn forward_bands<T: Float>(g: &ConvGeom, x: &[T], w: &[T], b: Option<&[T]>, ep: 
     if pointwise {
         px = px.next_multiple_of(64);
     }
-    let round = |b: usize| if pointwise { b.next_multiple_of(16) } else { b.max(1) };
+    // Bands of a multiple of 64 pixels where at most halving the band gets one: the gemm
+    // crate's microkernel covers 64 pixels, and a remainder runs in a narrower edge kernel.
+    let round = |b: usize| {
+        if pointwise {
+            return b.next_multiple_of(16);
+        }
+        let rows = 64 / gcd(64, unit);
+        if b >= 2 * rows {
+            b / rows * rows
+        } else {
+            b.max(1)
+        }
+    };
     let mut per_band = round(px.div_ceil(unit));
     let t = crate::num_threads();
     if par && units.div_ceil(per_band) < 2 * t {
