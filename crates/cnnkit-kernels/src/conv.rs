@@ -98,6 +98,9 @@ fn copy_blocks<T: Float, const B: usize>(dst: &mut [T], src: &[T]) {
     }
 }
 
+/// Padded planes up to this many elements (16 KiB of f32, L1-resident) are built whole by im2col.
+const SMALL_PADDED_PLANE: usize = 4096;
+
 /// im2col restricted to output rows oy0..oy1: cols (C_in/G·KH·KW, (oy1−oy0)·OW).
 pub fn im2col_rows<T: Float>(g: &ConvGeom, x: &[T], oy0: usize, oy1: usize, cols: &mut [T]) {
     im2col_rows_ld(g, x, oy0, oy1, cols, (oy1 - oy0) * g.oh_ow().1)
@@ -122,10 +125,33 @@ fn im2col_rows_impl<T: Float>(g: &ConvGeom, x: &[T], oy0: usize, oy1: usize, col
     let (ph, pw) = g.padding;
     let (dh, dw) = g.dilation;
     let wpad = g.w + 2 * pw;
+    let kk = g.kh * g.kw;
+    if sw == 1 && (g.h + 2 * ph) * wpad <= SMALL_PADDED_PLANE {
+        // Small planes: each channel is zero-padded whole, once, and every (tap, output row)
+        // is one short copy from it. (Padding row by row, per kernel row, made a memcpy call
+        // per 4-wide row the larger part of im2col on ResNet's 4×4 stage.)
+        let mut padded = vec![T::zero(); (g.h + 2 * ph) * wpad];
+        for c in 0..cpg {
+            let plane = &x[c * g.h * g.w..(c + 1) * g.h * g.w];
+            for (iy, row) in plane.chunks_exact(g.w).enumerate() {
+                copy_row(&mut padded[(iy + ph) * wpad + pw..][..g.w], row);
+            }
+            let crows = &mut cols[c * kk * ld..];
+            for ki in 0..g.kh {
+                for kj in 0..g.kw {
+                    let r = (ki * g.kw + kj) * ld;
+                    for oy in 0..oh {
+                        let src = &padded[((oy + oy0) * sh + ki * dh) * wpad + kj * dw..];
+                        copy_row(&mut crows[r + oy * ow..r + (oy + 1) * ow], src);
+                    }
+                }
+            }
+        }
+        return;
+    }
     let plen = wpad.div_ceil(sw);
     let mut padded = vec![T::zero(); wpad + sw * plen];
     let (prow, phases) = padded.split_at_mut(wpad);
-    let kk = g.kh * g.kw;
     for c in 0..cpg {
         let plane = &x[c * g.h * g.w..(c + 1) * g.h * g.w];
         let crows = &mut cols[c * kk * ld..];
