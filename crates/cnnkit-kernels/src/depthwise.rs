@@ -205,6 +205,7 @@ fn forward_plane<T: Float>(g: &ConvGeom, x: &[T], w: &[T], bias: T, y: &mut [T],
 
 best_isa_fn!(backward_input_plane_best, backward_input_plane_avx2, backward_input_plane, (g: &ConvGeom, gy: &[T], w: &[T], dst: &mut [T]));
 best_isa_fn!(backward_weight_plane_3x3_best, backward_weight_plane_3x3_avx2, backward_weight_plane_3x3, (g: &ConvGeom, x: &[T], gy: &[T], gw: &mut [T], sc: &mut [T]));
+best_isa_fn!(backward_weight_plane_3x3s1_flat_best, backward_weight_plane_3x3s1_flat_avx2, backward_weight_plane_3x3s1_flat, (g: &ConvGeom, x: &[T], gy: &[T], gw: &mut [T], sc: &mut [T]));
 best_isa_fn!(forward_plane_3x3s1_best, forward_plane_3x3s1_avx2, forward_plane_3x3s1_any, (h: usize, wd: usize, x: &[T], w: &[T], bias: T, y: &mut [T], sc: &mut [T]));
 best_isa_fn!(forward_plane_3x3s2_best, forward_plane_3x3s2_avx2, forward_plane_3x3s2, (h: usize, wd: usize, x: &[T], w: &[T], bias: T, y: &mut [T], sc: &mut [T]));
 best_isa_fn!(backward_input_plane_3x3s2_best, backward_input_plane_3x3s2_avx2, backward_input_plane_3x3s2, (h: usize, wd: usize, gy: &[T], w: &[T], gx: &mut [T], sc: &mut [T]));
@@ -640,9 +641,50 @@ fn backward_weight_plane_3x3<T: Float>(g: &ConvGeom, x: &[T], gy: &[T], gw: &mut
             dot3_lanes(gyr, taps, acc_row, tail);
         }
     }
+    add_sums(&acc, &tails, gw);
+}
+
+/// gw[3·ki + kj] += the lane and tail sums of tap (ki, kj).
+#[inline(always)]
+fn add_sums<T: Float>(acc: &[[[T; LANES]; 3]; 3], tails: &[[T; 3]; 3], gw: &mut [T]) {
     for (k, (lanes, &t)) in acc.iter().flatten().zip(tails.iter().flatten()).enumerate() {
         gw[k] += lanes.iter().fold(t, |s, &v| s + v);
     }
+}
+
+/// [`backward_weight_plane_3x3`] for stride-1 planes up to [`FLAT_MAX_W`] wide: x padded whole
+/// (row pitch W + 2) and gy laid out at the same pitch with zeros in the two extra columns, so
+/// each kernel row's three sums are one flat pass of [`dot3_lanes`] over the plane (gy against
+/// x shifted by ki·(W + 2) + kj). Per-row copies and vector tails were most of the work on
+/// MobileNet's 3–24-wide planes. x: (H, W); gy: (H, W); gw: (3, 3);
+/// scratch: [`flat_weight_scratch`].
+#[inline(always)]
+fn backward_weight_plane_3x3s1_flat<T: Float>(g: &ConvGeom, x: &[T], gy: &[T], gw: &mut [T], scratch: &mut [T]) {
+    let (h, wd) = (g.h, g.w);
+    let wp = wd + 2;
+    let (xp, gp) = scratch.split_at_mut((h + 2) * wp + 2);
+    let gp = &mut gp[..h * wp];
+    xp.fill(T::zero());
+    for (iy, row) in x.chunks_exact(wd).enumerate() {
+        crate::conv::copy_row(&mut xp[(iy + 1) * wp + 1..][..wd], row);
+    }
+    for (dst, row) in gp.chunks_exact_mut(wp).zip(gy.chunks_exact(wd)) {
+        crate::conv::copy_row(&mut dst[..wd], row);
+        dst[wd] = T::zero();
+        dst[wd + 1] = T::zero();
+    }
+    let mut acc = [[[T::zero(); LANES]; 3]; 3];
+    let mut tails = [[T::zero(); 3]; 3];
+    for (ki, (acc_row, tail)) in acc.iter_mut().zip(tails.iter_mut()).enumerate() {
+        let o = ki * wp;
+        dot3_lanes(gp, [&xp[o..], &xp[o + 1..], &xp[o + 2..]], acc_row, tail);
+    }
+    add_sums(&acc, &tails, gw);
+}
+
+/// Scratch elements [`backward_weight_plane_3x3s1_flat`] needs for an H×W plane.
+fn flat_weight_scratch(h: usize, w: usize) -> usize {
+    (h + 2) * (w + 2) + 2 + h * (w + 2)
 }
 
 /// gw = d(conv)/dw · gy for depthwise `g`, summed over the batch. x: (N, C_in, H, W);
@@ -655,6 +697,15 @@ pub fn backward_weight<T: Float>(g: &ConvGeom, x: &[T], gy: &[T], gw: &mut [T]) 
     let scratch = if s > 1 { s * g.h * g.w.div_ceil(s) } else { 0 };
     let chan = |co: usize, gwc: &mut [T]| {
         gwc.iter_mut().for_each(|v| *v = T::zero());
+        if is_3x3_s1_p1(g) && g.w <= FLAT_MAX_W {
+            return T::with_scratch(flat_weight_scratch(g.h, g.w), |sc| {
+                for i in 0..g.n {
+                    let xp = &x[(i * g.c_in + co / m) * hw..][..hw];
+                    let gyp = &gy[(i * g.c_out + co) * p..][..p];
+                    backward_weight_plane_3x3s1_flat_best(g, xp, gyp, gwc, sc);
+                }
+            });
+        }
         if is_3x3_s1_p1(g) || is_3x3_s2_p1(g) {
             return T::with_scratch(2 * g.w + 4, |sc| {
                 for i in 0..g.n {
@@ -786,20 +837,11 @@ mod tests {
     }
 
     /// The specialised MobileNet shapes (3×3, padding 1, stride 1 or 2), which the general
-    /// strategy above (dilation never (1, 1)) does not reach. Odd and even sizes, tiny planes.
+    /// strategy above (dilation never (1, 1)) does not reach. Odd and even sizes, tiny planes,
+    /// and widths on both sides of FLAT_MAX_W (the flat and the row-by-row kernels).
     fn mobilenet_strategy() -> impl Strategy<Value = ConvGeom> {
-        (1usize..3, 1usize..6, 1usize..3, 1usize..24, 1usize..24, 1usize..3).prop_map(|(n, c, mult, h, w, s)| ConvGeom {
-            n,
-            c_in: c,
-            h,
-            w,
-            c_out: c * mult,
-            kh: 3,
-            kw: 3,
-            stride: (s, s),
-            padding: (1, 1),
-            dilation: (1, 1),
-            groups: c,
+        (1usize..3, 1usize..6, 1usize..3, 1usize..24, prop_oneof![1usize..24, 30usize..40], 1usize..3).prop_map(|(n, c, mult, h, w, s)| {
+            ConvGeom { n, c_in: c, h, w, c_out: c * mult, kh: 3, kw: 3, stride: (s, s), padding: (1, 1), dilation: (1, 1), groups: c }
         })
     }
 
