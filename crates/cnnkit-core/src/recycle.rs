@@ -43,9 +43,10 @@ pub(crate) struct Pool {
     /// Per (dtype, length): dead buffers with their arrival numbers, newest at the back
     /// (reused first: the warmest in cache).
     free: HashMap<(DType, usize), VecDeque<(u64, Storage)>>,
-    /// Every pooled buffer's arrival stamp (bytes that arrived before it, plus its own) → its key. When the lists are full, the oldest
-    /// buffer goes back to the allocator, so buffers that are never asked for again (a data
-    /// loader's batches, one-off temporaries) age out instead of pinning memory.
+    /// Every pooled buffer's arrival stamp (bytes that arrived before it, plus its own) → its
+    /// key. When the lists are full, or a buffer has waited too long, the oldest buffer goes
+    /// back to the allocator, so buffers that are never asked for again age out instead of
+    /// pinning memory.
     order: BTreeMap<u64, (DType, usize)>,
     arrivals: u64,
     /// The (dtype, length) pairs some op has asked for: only those are kept (a buffer of a

@@ -322,12 +322,9 @@ impl Epilogue {
         match self {
             Epilogue::None => {}
             Epilogue::Relu => y.iter_mut().for_each(|v| *v = if *v < T::zero() { T::zero() } else { *v }),
-            Epilogue::Clamp(lo, hi) => {
-                let (lo, hi) = (T::from_f64(lo).unwrap_or(T::neg_infinity()), T::from_f64(hi).unwrap_or(T::infinity()));
-                y.iter_mut().for_each(|v| {
-                    let c = if *v < lo { lo } else { *v };
-                    *v = if c > hi { hi } else { c };
-                })
+            Epilogue::Clamp(..) => {
+                let (lo, hi) = self.bounds::<T>();
+                y.iter_mut().for_each(|v| *v = clamp(*v, lo, hi))
             }
         }
     }
@@ -335,16 +332,18 @@ impl Epilogue {
     /// y = act(y + bias), one pass.
     #[inline(always)]
     pub fn apply_bias<T: Float>(self, y: &mut [T], bias: T) {
-        let (lo, hi) = match self {
+        let (lo, hi) = self.bounds::<T>();
+        y.iter_mut().for_each(|v| *v = clamp(*v + bias, lo, hi))
+    }
+
+    /// The activation as a clamp to [lo, hi], ±∞ where unbounded.
+    #[inline(always)]
+    fn bounds<T: Float>(self) -> (T, T) {
+        match self {
             Epilogue::None => (T::neg_infinity(), T::infinity()),
             Epilogue::Relu => (T::zero(), T::infinity()),
             Epilogue::Clamp(lo, hi) => (T::from_f64(lo).unwrap_or(T::neg_infinity()), T::from_f64(hi).unwrap_or(T::infinity())),
-        };
-        y.iter_mut().for_each(|v| {
-            let x = *v + bias;
-            let c = if x < lo { lo } else { x };
-            *v = if c > hi { hi } else { c };
-        })
+        }
     }
 
     /// [`Epilogue::apply`] over a whole tensor: parallel chunks, each vectorised for the best ISA.
@@ -352,6 +351,17 @@ impl Epilogue {
         if self != Epilogue::None {
             crate::simd::chunks_in_place(y, |c| self.apply(c));
         }
+    }
+}
+
+/// v clamped to [lo, hi] by compare and select (NaN fails both tests and stays NaN).
+#[inline(always)]
+fn clamp<T: Float>(v: T, lo: T, hi: T) -> T {
+    let c = if v < lo { lo } else { v };
+    if c > hi {
+        hi
+    } else {
+        c
     }
 }
 
@@ -659,11 +669,11 @@ pub fn conv2d_backward_weight<T: Float>(g: &ConvGeom, x: &[T], gy: &[T], gw: &mu
     // that stay in cache: a band of output rows of one image, or several small images at once.
     const BLOCK: usize = 128 * 1024;
     let rows_per_blk = (BLOCK / (kr * ow).max(1)).clamp(1, oh);
-    // Several images per GEMM only for small planes, whose per-image reduction (P) is too short;
-    // a first layer's 28×28 image is long enough, and batching it cost a copy of gy (MNIST
-    // conv 1→32: fwd+bwd ~15% faster per image).
-    // At least SMALL_PLANE pixels per GEMM even past BLOCK: with one 4×4 image per call, each
-    // call's k is 16 and it reads and writes the whole gw (9 MiB for 512 → 512 channels).
+    // Several images per GEMM only for small planes, whose per-image reduction (P) is too
+    // short: a first layer's 28×28 image is long enough, and batching it cost a copy of gy
+    // (MNIST conv 1→32: fwd+bwd ~15% faster per image). Small planes get at least SMALL_PLANE
+    // pixels per GEMM even past BLOCK: with one 4×4 image per call, each call's k is 16 and it
+    // reads and writes the whole gw (9 MiB for 512 → 512 channels).
     let imgs_per_blk = if rows_per_blk == oh && p < SMALL_PLANE { (BLOCK / (kr * p).max(1)).max(SMALL_PLANE / p).clamp(1, 16) } else { 1 };
     let pb = rows_per_blk * ow * imgs_per_blk;
     let scratch = pb * kr + cog * pb;
@@ -888,15 +898,7 @@ mod tests {
         for (n, h) in [(1usize, 24usize), (2, 48)] {
             let g = ConvGeom { n, c_in: 96, h, w: h, c_out: 8, kh: 1, kw: 1, stride: (1, 1), padding: (0, 0), dilation: (1, 1), groups: 1 };
             let mut s = 5 + n as u64;
-            let mut rnd = |len: usize| -> Vec<f64> {
-                (0..len)
-                    .map(|_| {
-                        s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-                        ((s >> 33) as f64 / (1u64 << 31) as f64) - 0.5
-                    })
-                    .collect()
-            };
-            let (x, w, gy) = (rnd(n * 96 * h * h), rnd(8 * 96), rnd(n * 8 * h * h));
+            let (x, w, gy) = (rand_vec(n * 96 * h * h, &mut s), rand_vec(8 * 96, &mut s), rand_vec(n * 8 * h * h, &mut s));
             let (_, want) = crate::reference::conv2d_backward_naive(&g, &x, &w, &gy);
             let mut gw = vec![f64::NAN; want.len()];
             conv2d_backward_weight(&g, &x, &gy, &mut gw);
@@ -944,14 +946,8 @@ mod tests {
         for (gi, g) in geoms.iter().enumerate() {
             let (oh, ow) = g.out_hw().unwrap();
             let mut s = 17 + gi as u64;
-            let rnd = |n: usize, s: &mut u64| -> Vec<f32> {
-                (0..n)
-                    .map(|_| {
-                        *s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-                        ((*s >> 33) as f32 / (1u64 << 31) as f32) * 8.0 - 4.0
-                    })
-                    .collect()
-            };
+            // Values in [−4, 4): activations both below 0 and above the clip's 6.
+            let rnd = |n: usize, s: &mut u64| -> Vec<f32> { rand_vec(n, s).iter().map(|&v| (v * 8.0) as f32).collect() };
             let x = rnd(g.n * g.c_in * g.h * g.w, &mut s);
             let w = rnd(g.c_out * (g.c_in / g.groups) * g.kh * g.kw, &mut s);
             let b = rnd(g.c_out, &mut s);

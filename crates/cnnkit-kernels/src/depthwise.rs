@@ -695,31 +695,22 @@ pub fn backward_weight<T: Float>(g: &ConvGeom, x: &[T], gy: &[T], gw: &mut [T]) 
     let (p, hw, kk) = (oh * ow, g.h * g.w, g.kh * g.kw);
     let s = g.stride.1;
     let scratch = if s > 1 { s * g.h * g.w.div_ceil(s) } else { 0 };
+    // One plane kernel for the whole call, with the scratch it needs.
+    type PlaneFn<T> = fn(&ConvGeom, &[T], &[T], &mut [T], &mut [T]);
+    let (plane, len): (PlaneFn<T>, usize) = if is_3x3_s1_p1(g) && g.w <= FLAT_MAX_W {
+        (backward_weight_plane_3x3s1_flat_best, flat_weight_scratch(g.h, g.w))
+    } else if is_3x3_s1_p1(g) || is_3x3_s2_p1(g) {
+        (backward_weight_plane_3x3_best, 2 * g.w + 4)
+    } else {
+        (backward_weight_plane_best, scratch)
+    };
     let chan = |co: usize, gwc: &mut [T]| {
         gwc.iter_mut().for_each(|v| *v = T::zero());
-        if is_3x3_s1_p1(g) && g.w <= FLAT_MAX_W {
-            return T::with_scratch(flat_weight_scratch(g.h, g.w), |sc| {
-                for i in 0..g.n {
-                    let xp = &x[(i * g.c_in + co / m) * hw..][..hw];
-                    let gyp = &gy[(i * g.c_out + co) * p..][..p];
-                    backward_weight_plane_3x3s1_flat_best(g, xp, gyp, gwc, sc);
-                }
-            });
-        }
-        if is_3x3_s1_p1(g) || is_3x3_s2_p1(g) {
-            return T::with_scratch(2 * g.w + 4, |sc| {
-                for i in 0..g.n {
-                    let xp = &x[(i * g.c_in + co / m) * hw..][..hw];
-                    let gyp = &gy[(i * g.c_out + co) * p..][..p];
-                    backward_weight_plane_3x3_best(g, xp, gyp, gwc, sc);
-                }
-            });
-        }
-        T::with_scratch(scratch, |ph| {
+        T::with_scratch(len, |sc| {
             for i in 0..g.n {
                 let xp = &x[(i * g.c_in + co / m) * hw..][..hw];
                 let gyp = &gy[(i * g.c_out + co) * p..][..p];
-                backward_weight_plane_best(g, xp, gyp, gwc, ph);
+                plane(g, xp, gyp, gwc, sc);
             }
         });
     };

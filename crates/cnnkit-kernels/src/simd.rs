@@ -67,14 +67,8 @@ pub const CHUNK: usize = 1 << 14;
 /// Builds a vector of `n` elements by letting `fill` initialise every element of each chunk
 /// (parallel chunks of [`CHUNK`]). Skips zero-filling memory that is about to be overwritten.
 fn build<U: Copy + Send + Sync>(n: usize, fill: impl Fn(usize, &mut [std::mem::MaybeUninit<U>]) + Sync + Send) -> Vec<U> {
-    use rayon::prelude::*;
     let mut out: Vec<U> = Vec::with_capacity(n);
-    let spare = &mut out.spare_capacity_mut()[..n];
-    if n >= 2 * CHUNK {
-        spare.par_chunks_mut(CHUNK).enumerate().for_each(|(i, o)| fill(i * CHUNK, o));
-    } else {
-        fill(0, spare);
-    }
+    over_chunks(&mut out.spare_capacity_mut()[..n], fill);
     // SAFETY: `fill` wrote every element of every chunk (each callback below writes its whole
     // output slice), so the first n elements are initialised.
     unsafe { out.set_len(n) };
@@ -95,16 +89,11 @@ pub fn map<T: Copy + Send + Sync, U: Copy + Send + Sync>(x: &[T], f: impl Fn(T) 
 
 /// f(chunk) over x in place, in parallel chunks of [`CHUNK`], each vectorised for the best ISA.
 pub fn chunks_in_place<T: Copy + Send + Sync>(x: &mut [T], f: impl Fn(&mut [T]) + Sync + Send) {
-    use rayon::prelude::*;
-    let run = |c: &mut [T]| with_best_isa(|| f(c));
-    if x.len() >= 2 * CHUNK {
-        x.par_chunks_mut(CHUNK).for_each(run);
-    } else {
-        run(x);
-    }
+    over_chunks(x, |_, c| with_best_isa(|| f(c)))
 }
 
-/// Runs `fill(start, chunk)` over `out` in parallel chunks of [`CHUNK`] (serially when short).
+/// Runs `fill(start, chunk)` over `out` in parallel chunks of [`CHUNK`] (serially when short):
+/// the one chunking rule of every elementwise kernel here.
 fn over_chunks<U: Send>(out: &mut [U], fill: impl Fn(usize, &mut [U]) + Sync + Send) {
     use rayon::prelude::*;
     if out.len() >= 2 * CHUNK {

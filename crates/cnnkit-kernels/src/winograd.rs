@@ -512,9 +512,10 @@ impl Block<'_> {
         let hw = g.h * g.w;
         // A padded row covers input columns −pw .. 4·tw + 2 − pw: every tile's 6 columns.
         let wp = M_T * tw + 2;
-        let copy = g.w.min(wp - pw); // image columns that land inside the padded row
-                                     // Columns outside pw .. pw + copy are padding in every row and never written below:
-                                     // zeroed once here rather than per row (two memset calls per row for a zero or two).
+        // Image columns that land inside the padded row. The columns outside pw .. pw + copy
+        // are padding in every row and never written below: zeroed once here rather than per
+        // row (two memset calls per row for a zero or two).
+        let copy = g.w.min(wp - pw);
         pad[..A_T * wp].fill(T::zero());
         for c in 0..g.c_in {
             // d: plane 6i + j holds input pixel (i, j) of every tile (zero outside the image).
