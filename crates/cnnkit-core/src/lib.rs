@@ -14,6 +14,7 @@ pub mod gradcheck;
 pub mod layout;
 pub mod nn_ops;
 pub mod op;
+pub mod prepared;
 pub mod random;
 pub mod recycle;
 pub mod reduce;

@@ -5,7 +5,7 @@ use crate::dtype::{Elem, FloatElem};
 use crate::layout::Layout;
 use crate::op::Op;
 use crate::shape::PadMode;
-use crate::{float_dispatch, Error, Result, Storage, Tensor};
+use crate::{float_dispatch, DType, Error, Result, Storage, Tensor};
 use cnnkit_kernels::conv::{self, ConvGeom};
 use cnnkit_kernels::matmul::{gemm, MatRef};
 use cnnkit_kernels::pool::{self, PoolGeom};
@@ -194,6 +194,20 @@ impl Tensor {
         let (oh, ow) = geom
             .out_hw()
             .ok_or_else(|| Error::bad_shape("conv2d", x.shape(), format!("kernel {:?} larger than the padded input", w.shape())))?;
+        let recording =
+            crate::grad_mode::is_grad_enabled() && (x.requires_grad() || w.requires_grad() || b.is_some_and(|b| b.requires_grad()));
+        if !recording && x.dtype() == DType::F32 && w.is_contiguous() && conv::wants_packed_weights(&geom) {
+            // Inference on a small plane: the weights packed once, kept while they are unchanged.
+            let mut y: Vec<f32> = crate::recycle::output_vec(geom.n * geom.c_out * oh * ow);
+            let bv = b.map(|b| b.to_vec::<f32>()).transpose()?;
+            let ws = w.read_storage()?;
+            let all = f32::slice(&ws).ok_or(Error::DType { op: "conv2d", got: w.dtype(), expected: "f32" })?;
+            let off = w.layout().offset;
+            let wd = &all[off..off + w.numel()];
+            let pw = crate::prepared::packed_weights(&w.0.storage, off, wd, geom.c_out, geom.col_rows());
+            x.with_data(|xd: &[f32]| conv::conv2d_forward_packed(&geom, xd, wd, &pw, bv.as_deref(), act, &mut y))?;
+            return Ok((x, added, geom, f32::into_storage(y)));
+        }
         let s = float_dispatch!("conv2d", x.dtype(), T => {
             let mut y: Vec<T> = crate::recycle::output_vec(geom.n * geom.c_out * oh * ow);
             x.with_data(|xd: &[T]| w.with_data(|wd: &[T]| -> Result<()> {

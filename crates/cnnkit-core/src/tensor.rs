@@ -195,7 +195,10 @@ impl Tensor {
         self.0.storage.read().map_err(lock_err)
     }
     pub(crate) fn write_storage(&self) -> Result<RwLockWriteGuard<'_, Storage>> {
-        self.0.storage.write().map_err(lock_err)
+        let guard = self.0.storage.write().map_err(lock_err)?;
+        // Under the write lock: no packed copy of the old values can be made after this.
+        crate::prepared::forget(&self.0.storage);
+        Ok(guard)
     }
 
     /// Runs `f` on the elements in logical order, borrowing the storage when contiguous.

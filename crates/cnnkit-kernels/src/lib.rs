@@ -9,6 +9,7 @@ pub mod simd;
 pub mod conv;
 pub mod depthwise;
 pub mod matmul;
+pub mod packed;
 pub mod pool;
 pub mod reference;
 pub mod winograd;
