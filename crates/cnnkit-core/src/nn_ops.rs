@@ -196,16 +196,24 @@ impl Tensor {
             .ok_or_else(|| Error::bad_shape("conv2d", x.shape(), format!("kernel {:?} larger than the padded input", w.shape())))?;
         let recording =
             crate::grad_mode::is_grad_enabled() && (x.requires_grad() || w.requires_grad() || b.is_some_and(|b| b.requires_grad()));
-        if !recording && x.dtype() == DType::F32 && w.is_contiguous() && conv::wants_packed_weights(&geom) {
-            // Inference on a small plane: the weights packed once, kept while they are unchanged.
+        let winograd = cnnkit_kernels::winograd::applies_with_kept_u(&geom);
+        let packed = !winograd && conv::wants_packed_weights(&geom);
+        if !recording && x.dtype() == DType::F32 && w.is_contiguous() && (packed || winograd) {
+            // Inference: the weights prepared once (packed, or Winograd-transformed) and kept
+            // while they are unchanged (crate::prepared).
             let mut y: Vec<f32> = crate::recycle::output_vec(geom.n * geom.c_out * oh * ow);
             let bv = b.map(|b| b.to_vec::<f32>()).transpose()?;
             let ws = w.read_storage()?;
             let all = f32::slice(&ws).ok_or(Error::DType { op: "conv2d", got: w.dtype(), expected: "f32" })?;
             let off = w.layout().offset;
             let wd = &all[off..off + w.numel()];
-            let pw = crate::prepared::packed_weights(&w.0.storage, off, wd, geom.c_out, geom.col_rows());
-            x.with_data(|xd: &[f32]| conv::conv2d_forward_packed(&geom, xd, wd, &pw, bv.as_deref(), act, &mut y))?;
+            if packed {
+                let pw = crate::prepared::packed_weights(&w.0.storage, off, wd, geom.c_out, geom.col_rows());
+                x.with_data(|xd: &[f32]| conv::conv2d_forward_packed(&geom, xd, wd, &pw, bv.as_deref(), act, &mut y))?;
+            } else {
+                let u = crate::prepared::winograd_u(&w.0.storage, off, wd, &geom);
+                x.with_data(|xd: &[f32]| cnnkit_kernels::winograd::forward_ep_u(&geom, xd, &u, bv.as_deref(), act, &mut y))?;
+            }
             return Ok((x, added, geom, f32::into_storage(y)));
         }
         let s = float_dispatch!("conv2d", x.dtype(), T => {

@@ -1,5 +1,6 @@
-//! Inference keeps small-plane convolution weights packed between calls (`prepared`): the
-//! packed copy must follow every in-place write to the weights and go when they are freed.
+//! Inference keeps convolution weights prepared between calls (`prepared`: packed for
+//! small planes, Winograd-transformed for 3×3 layers): the prepared copy must follow every
+//! in-place write to the weights and go when they are freed.
 //! (A file of its own: the cache is process-wide, and other tests' convolutions would change
 //! its count.)
 
@@ -63,6 +64,16 @@ fn packed_weights_follow_writes_and_drops() -> Result<()> {
     let first = both.narrow(0, 0, 256)?;
     assert!(close(&x.conv2d(&first, None, pad)?.to_vec::<f32>()?, &naive(&x, &first)?));
     assert!(cached_weights() >= packs);
+    // A Winograd layer at batch 1 keeps its transformed weights U the same way.
+    let x3 = Tensor::randn_with(&[1, 32, 28, 28], DType::F32, &mut g);
+    let w3 = Tensor::randn_with(&[32, 32, 3, 3], DType::F32, &mut g);
+    let n0 = cached_weights();
+    assert!(close(&x3.conv2d(&w3, None, pad)?.to_vec::<f32>()?, &naive(&x3, &w3)?));
+    assert_eq!(cached_weights(), n0 + 1, "U kept");
+    w3.update_data(|d: &mut [f32]| d.iter_mut().for_each(|v| *v *= 0.5))?;
+    assert!(close(&x3.conv2d(&w3, None, pad)?.to_vec::<f32>()?, &naive(&x3, &w3)?), "stale U after a write");
+    drop(w3);
+    assert_eq!(cached_weights(), n0);
     // Freed weights take their packed copies with them.
     let before = cached_weights();
     drop((first, second, both));
