@@ -176,7 +176,9 @@ fn infer_and_export_round_trip_through_onnx_and_onnx_runtime() {
         ]);
         assert_eq!(code, 0, "{err}");
         assert_eq!(last_json(&out)["output_shape"], serde_json::json!([2, 7]));
-        assert!(max_rel(&cnnkit::io::read_npy(&y1).unwrap(), &want) < 1e-6);
+        // The CLI folds BatchNorm into the conv weights and keeps Winograd U (so Winograd
+        // takes layers from 16 tiles): f32 rounding differs from the module's (~1e-6 measured).
+        assert!(max_rel(&cnnkit::io::read_npy(&y1).unwrap(), &want) < 1e-5);
         // export → infer --onnx.
         let onnx = dir.join(format!("{name}.onnx"));
         let (code, _, err) = cnnkit(&[
