@@ -212,7 +212,7 @@ impl Tensor {
                 x.with_data(|xd: &[f32]| conv::conv2d_forward_packed(&geom, xd, wd, &pw, bv.as_deref(), act, &mut y))?;
             } else {
                 let u = crate::prepared::winograd_u(&w.0.storage, off, wd, &geom);
-                x.with_data(|xd: &[f32]| cnnkit_kernels::winograd::forward_ep_u(&geom, xd, &u, bv.as_deref(), act, &mut y))?;
+                x.with_data(|xd: &[f32]| cnnkit_kernels::winograd::forward_kept(&geom, xd, &u, bv.as_deref(), act, &mut y))?;
             }
             return Ok((x, added, geom, f32::into_storage(y)));
         }

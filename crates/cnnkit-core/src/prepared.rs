@@ -85,13 +85,13 @@ pub(crate) fn packed_weights(storage: &Arc<RwLock<Storage>>, offset: usize, wd: 
     })
 }
 
-/// Winograd's transformed weights U of the 3×3 f32 filters `wd` of `g` (values of `storage`
-/// from `offset`, read-locked by the caller): from the cache, or transformed now and kept.
-pub(crate) fn winograd_u(storage: &Arc<RwLock<Storage>>, offset: usize, wd: &[f32], g: &ConvGeom) -> Arc<Vec<f32>> {
+/// Winograd's transformed (and, with AVX-512, packed) weights of the 3×3 f32 filters `wd` of
+/// `g` (values of `storage` from `offset`, read-locked by the caller): from the cache, or
+/// made now and kept.
+pub(crate) fn winograd_u(storage: &Arc<RwLock<Storage>>, offset: usize, wd: &[f32], g: &ConvGeom) -> Arc<winograd::KeptU> {
     get_or_make(storage, offset, Kind::WinogradU { c_out: g.c_out, c_in: g.c_in }, || {
-        let mut u = vec![0.0f32; winograd::u_len(g)];
-        winograd::transform_weights(g, wd, &mut u);
-        let bytes = u.len() * 4;
+        let u = winograd::KeptU::new(g, wd);
+        let bytes = u.bytes();
         (u, bytes)
     })
 }

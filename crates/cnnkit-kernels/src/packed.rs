@@ -183,9 +183,20 @@ pub fn panel_product(a: &[f32], k: usize, pb: &[f32], n: usize, ct: &mut [f32], 
 /// y's rows and applies bias and activation while the tile is in L1. Panics unless
 /// [`available`].
 pub fn gemm_bias_act(pa: &PackedA, pb: &[f32], n: usize, bias: Option<&[f32]>, ep: Epilogue, y: &mut [f32], parallel: bool) {
+    assert!(bias.is_none_or(|b| b.len() >= pa.m));
+    product_rows(pa, pb, n, y, n, parallel, |co, row| ep.apply_bias(row, bias.map_or(0.0, |b| b[co])))
+}
+
+/// y = A · B as [`gemm_bias_act`] without bias or activation, row r of y at `y[r·ldy ..][.. N]`.
+pub fn gemm_into(pa: &PackedA, pb: &[f32], n: usize, y: &mut [f32], ldy: usize, parallel: bool) {
+    product_rows(pa, pb, n, y, ldy, parallel, |_, _| {})
+}
+
+/// What [`gemm_bias_act`] and [`gemm_into`] share: each panel's Cᵀ, transposed into y's rows
+/// (stride ldy), then `finish(row index, row)` on each row.
+fn product_rows(pa: &PackedA, pb: &[f32], n: usize, y: &mut [f32], ldy: usize, parallel: bool, finish: impl Fn(usize, &mut [f32]) + Sync) {
     let (m, k) = (pa.m, pa.k);
-    assert!(pb.len() >= packed_b_len(k, n) && y.len() >= m * n);
-    assert!(bias.is_none_or(|b| b.len() >= m));
+    assert!(pb.len() >= packed_b_len(k, n) && n <= ldy && (m == 0 || y.len() >= (m - 1) * ldy + n));
     if m == 0 || n == 0 {
         return;
     }
@@ -198,11 +209,11 @@ pub fn gemm_bias_act(pa: &PackedA, pb: &[f32], n: usize, bias: Option<&[f32]>, e
                     let co = p * MR + r;
                     // SAFETY: row co of y lies inside y (asserted above), and only panel p
                     // (this call) writes rows p·MR .. p·MR + MR.
-                    let row = unsafe { std::slice::from_raw_parts_mut(yp.get().add(co * n), n) };
+                    let row = unsafe { std::slice::from_raw_parts_mut(yp.get().add(co * ldy), n) };
                     for (j, v) in row.iter_mut().enumerate() {
                         *v = ct[j * MR + r];
                     }
-                    ep.apply_bias(row, bias.map_or(0.0, |b| b[co]));
+                    finish(co, row);
                 }
             });
         })

@@ -232,10 +232,20 @@ fn sums_dev_impl<T: crate::Float>(a: &[T], b: &[T], mean: f64) -> (f64, f64) {
 best_isa_fn!(sums_dev_best, sums_dev_avx2, sums_dev_impl, (a: &[T], b: &[T], mean: f64) -> (f64, f64));
 
 /// `x` as &[f32] when T is f32.
-fn as_f32<T: 'static>(x: &[T]) -> Option<&[f32]> {
+pub(crate) fn as_f32<T: 'static>(x: &[T]) -> Option<&[f32]> {
     if std::any::TypeId::of::<T>() == std::any::TypeId::of::<f32>() {
         // SAFETY: T is f32 (same type, so same size, alignment and validity).
         Some(unsafe { std::slice::from_raw_parts(x.as_ptr() as *const f32, x.len()) })
+    } else {
+        None
+    }
+}
+
+/// `x` as &mut [f32] when T is f32.
+pub(crate) fn as_f32_mut<T: 'static>(x: &mut [T]) -> Option<&mut [f32]> {
+    if std::any::TypeId::of::<T>() == std::any::TypeId::of::<f32>() {
+        // SAFETY: as in `as_f32`; the borrow is moved into the result.
+        Some(unsafe { std::slice::from_raw_parts_mut(x.as_mut_ptr() as *mut f32, x.len()) })
     } else {
         None
     }

@@ -24,6 +24,7 @@
 
 use crate::conv::ConvGeom;
 use crate::matmul::{gemm_strided, MatRef};
+use crate::packed::PackedA;
 use crate::Float;
 use rayon::prelude::*;
 
@@ -128,14 +129,71 @@ pub fn transform_weights<T: Float>(g: &ConvGeom, w: &[T], u: &mut [T]) {
     weight_transform(w, g.c_out, g.c_in, u)
 }
 
+/// Fewest input and output channels for [`KeptU`] to pack U: at batch 1 (two threads),
+/// 256 → 256 at 14×14 ran 1.13 → 0.80 ms packed and 128 → 128 at 28×28 0.64 → 0.58, but
+/// 64 → 64 at 56×56 0.78 → 0.83 (K = 64 is short for the packed kernel, 196 tiles long).
+const KEPT_PACK_MIN_CHANNELS: usize = 128;
+
+/// Winograd weights kept between calls (inference): U, and on CPUs with AVX-512 each U_ξ
+/// packed into output-channel panels for cnnkit's own GEMM ([`crate::packed`]). The 36 GEMMs
+/// have one column per tile, and a batch-1 layer has few: 16 at 14×14, where the gemm crate
+/// vectorises along tiles and ran them in its narrowest kernel (13% of ResNet-18 at batch 1).
+pub struct KeptU {
+    /// U (C_out, 36, C_in) when not packed; empty when packed.
+    u: Vec<f32>,
+    /// U_ξ (C_out, C_in) for ξ = 0..36, packed; empty without AVX-512.
+    packed: Vec<PackedA>,
+}
+
+impl KeptU {
+    /// Transforms (and packs) the f32 filters w (C_out, C_in, 3, 3) of `g`.
+    pub fn new(g: &ConvGeom, w: &[f32]) -> KeptU {
+        let mut u = vec![0.0f32; u_len(g)];
+        transform_weights(g, w, &mut u);
+        if !crate::packed::available() || g.c_in < KEPT_PACK_MIN_CHANNELS || g.c_out < KEPT_PACK_MIN_CHANNELS {
+            return KeptU { u, packed: Vec::new() };
+        }
+        let (cin, cout) = (g.c_in, g.c_out);
+        let packed = (0..NXI)
+            .map(|xi| PackedA::new(MatRef { data: &u[xi * cin..], rows: cout, cols: cin, rs: (NXI * cin) as isize, cs: 1 }))
+            .collect();
+        KeptU { u: Vec::new(), packed }
+    }
+    /// Bytes held.
+    pub fn bytes(&self) -> usize {
+        4 * (self.u.len() + self.packed.iter().map(|p| p.m_padded() * p.k).sum::<usize>())
+    }
+}
+
+/// [`forward_ep`] with weights kept by [`KeptU::new`] (for the same geometry's C_in, C_out).
+pub fn forward_kept(g: &ConvGeom, x: &[f32], ku: &KeptU, b: Option<&[f32]>, ep: crate::conv::Epilogue, y: &mut [f32]) {
+    if ku.packed.is_empty() {
+        return forward_ep_u(g, x, &ku.u, b, ep, y);
+    }
+    assert!(ku.packed.len() == NXI && ku.packed[0].m == g.c_out && ku.packed[0].k == g.c_in, "winograd: kept U of another layer");
+    forward_impl(g, x, UMats::Packed(&ku.packed), b, ep, y)
+}
+
+/// The 36 U_ξ matrices of a forward: views into U, or packed panels (f32 only).
+#[derive(Clone, Copy)]
+enum UMats<'a, T> {
+    Raw(&'a [T]),
+    Packed(&'a [PackedA]),
+}
+
 /// [`forward_ep`] with the weights given transformed (`u`, from [`transform_weights`]).
 pub fn forward_ep_u<T: Float>(g: &ConvGeom, x: &[T], u: &[T], b: Option<&[T]>, ep: crate::conv::Epilogue, y: &mut [T]) {
+    assert!(u.len() >= u_len(g));
+    forward_impl(g, x, UMats::Raw(u), b, ep, y)
+}
+
+fn forward_impl<T: Float>(g: &ConvGeom, x: &[T], um: UMats<T>, b: Option<&[T]>, ep: crate::conv::Epilogue, y: &mut [T]) {
     assert!(
         g.kh == 3 && g.kw == 3 && g.stride == (1, 1) && g.dilation == (1, 1) && g.groups == 1 && g.padding.0 <= 2 && g.padding.1 <= 2,
         "winograd: unsupported geometry {g:?}"
     );
     let (oh, ow) = g.out_hw().expect("ConvGeom checked by caller");
-    assert!(x.len() >= g.n * g.c_in * g.h * g.w && u.len() >= u_len(g) && y.len() >= g.n * g.c_out * oh * ow);
+    assert!(x.len() >= g.n * g.c_in * g.h * g.w && y.len() >= g.n * g.c_out * oh * ow);
     if let Some(b) = b {
         assert!(b.len() >= g.c_out);
     }
@@ -161,10 +219,25 @@ pub fn forward_ep_u<T: Float>(g: &ConvGeom, x: &[T], u: &[T], b: Option<&[T]>, e
             with_block_scratch(&blk, |v, m, t1, t2, pad| {
                 input_transform_best(&blk, x, v, t1, t2, pad);
                 for xi in 0..NXI {
-                    // U_ξ: (C_out, C_in) inside u's (C_out, 36, C_in) layout.
-                    let a = MatRef { data: &u[xi * cin..], rows: cout, cols: cin, rs: (NXI * cin) as isize, cs: 1 };
                     let bm = MatRef { data: &v[xi * cin * nbp..], rows: cin, cols: nb, rs: nbp as isize, cs: 1 };
-                    gemm_strided(a, bm, &mut m[xi * cout * nbp..(xi + 1) * cout * nbp], nbp as isize, 1, false, par);
+                    let mx = &mut m[xi * cout * nbp..(xi + 1) * cout * nbp];
+                    match um {
+                        UMats::Raw(u) => {
+                            // U_ξ: (C_out, C_in) inside u's (C_out, 36, C_in) layout.
+                            let a = MatRef { data: &u[xi * cin..], rows: cout, cols: cin, rs: (NXI * cin) as isize, cs: 1 };
+                            gemm_strided(a, bm, mx, nbp as isize, 1, false, par);
+                        }
+                        UMats::Packed(pk) => {
+                            let (Some(bm), Some(mx)) = (crate::simd::as_f32(bm.data), crate::simd::as_f32_mut(mx)) else {
+                                unreachable!("packed U is f32 and so are x and y")
+                            };
+                            let bm = MatRef { data: bm, rows: cin, cols: nb, rs: nbp as isize, cs: 1 };
+                            f32::with_aux_scratch(crate::packed::packed_b_len(cin, nb), |pb| {
+                                crate::packed::pack_b(bm, pb);
+                                crate::packed::gemm_into(&pk[xi], pb, nb, mx, nbp, par);
+                            });
+                        }
+                    }
                 }
                 output_transform_best(&blk, m, b, &out, t1, t2);
             });
@@ -762,6 +835,26 @@ mod tests {
         let (w64, b64): (Vec<f64>, Vec<f64>) = (w.iter().map(|&v| v as f64).collect(), b.iter().map(|&v| v as f64).collect());
         let relu: Vec<f64> = reference::conv2d_naive(&g, &x64, &w64, Some(&b64)).into_iter().map(|v| v.max(0.0)).collect();
         assert!(reference::max_abs_diff(&want, &relu) < 1e-3);
+    }
+
+    /// Kept U in packed panels (AVX-512, ≥ 128 channels): against the naive convolution at
+    /// the usual Winograd tolerance, with a partial channel panel (136 = 4·32 + 8), partial
+    /// tiles and tile counts on both sides of a 14-column GEMM panel.
+    #[test]
+    fn kept_packed_u_matches_naive() {
+        for (n, h, w) in [(1, 14, 14), (1, 9, 23), (2, 7, 7)] {
+            let g = geom(n, 128, 136, h, w, (1, 1));
+            let mut s = 11;
+            let (x, wt, b) = (uniform(n * 128 * h * w, &mut s), uniform(136 * 128 * 9, &mut s), uniform(136, &mut s));
+            let ku = KeptU::new(&g, &to_f32(&wt));
+            assert_eq!(ku.packed.is_empty(), !crate::packed::available());
+            let (oh, ow) = g.out_hw().unwrap();
+            let mut y = vec![f32::NAN; n * 136 * oh * ow];
+            forward_kept(&g, &to_f32(&x), &ku, Some(&to_f32(&b)), crate::conv::Epilogue::None, &mut y);
+            let y64: Vec<f64> = y.iter().map(|&v| v as f64).collect();
+            let e = scaled_err(&g, &x, &wt, Some(&b), &y64);
+            assert!(e <= 1e-4, "scaled error {e:.3e} for {g:?}");
+        }
     }
 
     #[test]
