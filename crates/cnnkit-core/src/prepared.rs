@@ -45,27 +45,33 @@ static ANY: AtomicBool = AtomicBool::new(false);
 const MAX_BYTES: usize = 512 << 20;
 
 /// The entry of `storage` at `offset` of this kind, or `make()` kept as one (the caller holds
-/// the storage's read lock).
+/// the storage's read lock, so no write can come between making and keeping).
 fn get_or_make<V: Any + Send + Sync>(
     storage: &Arc<RwLock<Storage>>,
     offset: usize,
     kind: Kind,
     make: impl FnOnce() -> (V, usize),
 ) -> Arc<V> {
-    let mut cache = CACHE.lock().unwrap_or_else(|e| e.into_inner());
-    cache.retain(|e| e.storage.strong_count() > 0);
-    let hit = cache.iter().position(|e| e.offset == offset && e.kind == kind && std::ptr::eq(e.storage.as_ptr(), Arc::as_ptr(storage)));
-    if let Some(i) = hit {
-        // Most recently used last, so eviction takes the least recently used.
-        let e = cache.remove(i);
-        let v = e.value.clone();
-        cache.push(e);
-        if let Ok(v) = v.downcast::<V>() {
-            return v;
+    let matches = |e: &Entry| e.offset == offset && e.kind == kind && std::ptr::eq(e.storage.as_ptr(), Arc::as_ptr(storage));
+    {
+        let mut cache = lock();
+        if let Some(i) = cache.iter().position(matches) {
+            // Most recently used last, so eviction takes the least recently used.
+            let e = cache.remove(i);
+            let v = e.value.clone();
+            cache.push(e);
+            if let Ok(v) = v.downcast::<V>() {
+                return v;
+            }
         }
     }
+    // Made without the cache's lock: making runs parallel kernels, and a pool worker that
+    // blocked on the lock meanwhile would leave them waiting for it (a deadlock, seen with
+    // two graphs run from two threads).
     let (v, bytes) = make();
     let v = Arc::new(v);
+    let mut cache = lock();
+    cache.retain(|e| e.storage.strong_count() > 0 && !matches(e));
     let mut total: usize = cache.iter().map(|e| e.bytes).sum::<usize>() + bytes;
     while total > MAX_BYTES && !cache.is_empty() {
         total -= cache.remove(0).bytes;
@@ -73,6 +79,10 @@ fn get_or_make<V: Any + Send + Sync>(
     cache.push(Entry { storage: Arc::downgrade(storage), offset, kind, value: v.clone(), bytes });
     ANY.store(true, Ordering::Release);
     v
+}
+
+fn lock() -> std::sync::MutexGuard<'static, Vec<Entry>> {
+    CACHE.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// The packed (m, k) matrix of the f32 weights `wd`, which are the values of `storage` from
@@ -101,13 +111,13 @@ pub(crate) fn forget(storage: &Arc<RwLock<Storage>>) {
     if !ANY.load(Ordering::Acquire) {
         return;
     }
-    let mut cache = CACHE.lock().unwrap_or_else(|e| e.into_inner());
+    let mut cache = lock();
     cache.retain(|e| e.storage.strong_count() > 0 && !std::ptr::eq(e.storage.as_ptr(), Arc::as_ptr(storage)));
     ANY.store(!cache.is_empty(), Ordering::Release);
 }
 
 /// Number of prepared weight sets held (for tests).
 pub fn cached_weights() -> usize {
-    let cache = CACHE.lock().unwrap_or_else(|e| e.into_inner());
+    let cache = lock();
     cache.iter().filter(|e| e.storage.strong_count() > 0).count()
 }
