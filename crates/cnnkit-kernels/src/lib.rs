@@ -37,7 +37,7 @@ pub trait Float:
 }
 
 /// Runs `f` on `key`'s buffer grown to at least `len` elements.
-fn with_buffer<T: Copy + Default + 'static, R>(
+pub(crate) fn with_buffer<T: Copy + Default + 'static, R>(
     key: &'static std::thread::LocalKey<std::cell::RefCell<Vec<T>>>,
     len: usize,
     f: impl FnOnce(&mut [T]) -> R,

@@ -233,15 +233,7 @@ thread_local! {
 /// A per-thread buffer of `len` floats (contents unspecified) apart from `Float::with_scratch`,
 /// which the calling thread holds (for packed B) while it may run panels itself.
 fn with_local<R>(len: usize, f: impl FnOnce(&mut [f32]) -> R) -> R {
-    LOCAL.with(|cell| match cell.try_borrow_mut() {
-        Ok(mut buf) => {
-            if buf.len() < len {
-                buf.resize(len, 0.0);
-            }
-            f(&mut buf[..len])
-        }
-        Err(_) => f(&mut vec![0.0; len]),
-    })
+    crate::with_buffer(&LOCAL, len, f)
 }
 
 /// Depth of a K block (see [`panel_product`]): 192·MR floats = 24 KiB of A.
