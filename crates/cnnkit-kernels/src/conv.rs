@@ -451,7 +451,7 @@ const PACKED_MIN_DIM: usize = 256;
 
 /// True when [`conv2d_forward_packed`] would use weights packed by
 /// [`crate::packed::PackedA::new`] for `g` (f32 only; one image, one group, a plane under
-/// [`PACKED_MAX_PIXELS`], on a CPU with AVX-512): the caller then packs w, viewed as the
+/// `PACKED_MAX_PIXELS` (256) pixels, on a CPU with AVX-512): the caller then packs w, viewed as the
 /// (C_out, C_in·KH·KW) matrix, once and keeps it while w is unchanged.
 pub fn wants_packed_weights(g: &ConvGeom) -> bool {
     let Some((oh, ow)) = g.out_hw() else { return false };

@@ -26,7 +26,7 @@ pub const MR: usize = 32;
 /// Columns of B (output pixels) per panel; 2·NR accumulators + 2 A vectors fit 32 registers.
 pub const NR: usize = 14;
 
-/// A (M, K) packed for [`gemm_t`]: panel p holds rows p·MR .. p·MR + MR (zero past M), stored
+/// A (M, K) packed for [`panel_product`]: panel p holds rows p·MR .. p·MR + MR (zero past M), stored
 /// k-major: panel[k·MR + r] = A[p·MR + r, k].
 #[derive(Clone, Debug)]
 pub struct PackedA {
@@ -45,7 +45,7 @@ impl PackedA {
         }
         PackedA { m, k, data }
     }
-    /// M rounded up to whole panels: the row length of the Cᵀ that [`gemm_t`] writes.
+    /// M rounded up to whole panels: the rows the packed copy holds.
     pub fn m_padded(&self) -> usize {
         self.m.div_ceil(MR) * MR
     }
@@ -92,7 +92,7 @@ pub fn pack_a_panel(a: MatRef<f32>, p: usize, out: &mut [f32]) {
     }
 }
 
-/// True where [`gemm_t`] runs its AVX-512 microkernel (checked once); elsewhere callers keep
+/// True where [`panel_product`] runs its AVX-512 microkernel (checked once); elsewhere callers keep
 /// to the `gemm` crate.
 pub fn available() -> bool {
     #[cfg(target_arch = "x86_64")]
@@ -142,16 +142,6 @@ pub unsafe fn pack_b_rows(b: MatRef<f32>, k0: usize, k: usize, out: *mut f32) {
                 }
             }
         }
-    }
-}
-
-/// Cᵀ for A's panels `panels` (a range of panel indices) and all of packed B (K, N):
-/// ct[j·ldct + i] = Σ_k A[i, k]·B[k, j] for i in those panels' rows (including the zero rows
-/// past M), j < N. Panics unless [`available`].
-pub fn gemm_t(pa: &PackedA, panels: std::ops::Range<usize>, pb: &[f32], n: usize, ct: &mut [f32], ldct: usize) {
-    assert!(panels.end <= pa.panels());
-    for p in panels {
-        panel_product(pa.panel(p), pa.k, pb, n, &mut ct[p * MR..], ldct);
     }
 }
 
@@ -230,8 +220,9 @@ thread_local! {
     static LOCAL: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
-/// A per-thread buffer of `len` floats (contents unspecified) apart from `Float::with_scratch`,
-/// which the calling thread holds (for packed B) while it may run panels itself.
+/// A per-thread buffer of `len` floats (contents unspecified) apart from `Float::with_scratch`
+/// and `with_aux_scratch`, one of which the calling thread holds (for packed B: the conv's
+/// scratch, or Winograd's aux) while it may run panels itself.
 fn with_local<R>(len: usize, f: impl FnOnce(&mut [f32]) -> R) -> R {
     crate::with_buffer(&LOCAL, len, f)
 }
@@ -297,7 +288,7 @@ mod tests {
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(60))]
         #[test]
-        fn gemm_t_matches_naive(m in 1usize..80, k in 1usize..70, n in 1usize..50, ta: bool, seed in 0u64..1000) {
+        fn panel_products_match_naive(m in 1usize..80, k in 1usize..70, n in 1usize..50, ta: bool, seed in 0u64..1000) {
             if !available() {
                 return Ok(());
             }
@@ -312,7 +303,9 @@ mod tests {
             pack_b(MatRef::row_major(&b, k, n), &mut pb);
             let ld = pa.m_padded() + 3;
             let mut ct = vec![f32::NAN; n * ld];
-            gemm_t(&pa, 0..m.div_ceil(MR), &pb, n, &mut ct, ld);
+            for p in 0..m.div_ceil(MR) {
+                panel_product(pa.panel(p), k, &pb, n, &mut ct[p * MR..], ld);
+            }
             let (a64, b64): (Vec<f64>, Vec<f64>) = (a.iter().map(|&v| v as f64).collect(), b.iter().map(|&v| v as f64).collect());
             let mut want = vec![0.0f64; m * n];
             matmul_naive(&a64, &b64, &mut want, m, k, n);

@@ -99,20 +99,12 @@ pub fn forward<T: Float>(g: &ConvGeom, x: &[T], w: &[T], b: Option<&[T]>, y: &mu
 }
 
 /// [`forward`] with the activation `ep` applied to each output row as it is written.
+/// Geometry and slice lengths are checked by [`transform_weights`] and [`forward_ep_u`].
 pub fn forward_ep<T: Float>(g: &ConvGeom, x: &[T], w: &[T], b: Option<&[T]>, ep: crate::conv::Epilogue, y: &mut [T]) {
-    assert!(
-        g.kh == 3 && g.kw == 3 && g.stride == (1, 1) && g.dilation == (1, 1) && g.groups == 1 && g.padding.0 <= 2 && g.padding.1 <= 2,
-        "winograd: unsupported geometry {g:?}"
-    );
-    let (oh, ow) = g.out_hw().expect("ConvGeom checked by caller");
-    assert!(x.len() >= g.n * g.c_in * g.h * g.w && w.len() >= g.c_out * g.c_in * 9 && y.len() >= g.n * g.c_out * oh * ow);
-    if let Some(b) = b {
-        assert!(b.len() >= g.c_out);
-    }
     // The transform writes every element of U, so a per-thread buffer with stale contents
     // serves (a fresh zeroed U was ~9% of a 128-channel 28×28 layer at batch 1).
     T::with_aux_scratch(u_len(g), |u| {
-        weight_transform(w, g.c_out, g.c_in, u);
+        transform_weights(g, w, u);
         forward_ep_u(g, x, u, b, ep, y)
     })
 }
