@@ -707,7 +707,12 @@ fn backward_input_batched<T: Float>(g: &ConvGeom, gy: &[T], w: &[T], gx: &mut [T
     let cog = g.c_out / g.groups;
     let x_img = g.c_in * g.h * g.w;
     let x_grp = (g.c_in / g.groups) * g.h * g.w;
-    let b = SMALL_PLANE.div_ceil(p).clamp(1, g.n);
+    // Chunks of SMALL_PLANE columns, but one per thread when the batch allows; a chunk that
+    // is the whole batch runs its GEMM on all threads (one 16×512×4×4 chunk had run on one
+    // thread: 20 ms where two chunks of 8 take 12).
+    let t = crate::num_threads();
+    let b = SMALL_PLANE.div_ceil(p).min(g.n.div_ceil(t)).clamp(1, g.n);
+    let par = b == g.n;
     gx.par_chunks_mut(b * x_img).enumerate().for_each(|(ci, gxc)| {
         let imgs = gxc.len() / x_img;
         let m = imgs * p;
@@ -722,7 +727,7 @@ fn backward_input_batched<T: Float>(g: &ConvGeom, gy: &[T], w: &[T], gx: &mut [T
                     }
                 }
                 let wg = MatRef::row_major(&w[grp * cog * kr..(grp + 1) * cog * kr], cog, kr);
-                gemm(wg.t(), MatRef::row_major(&gyb[..cog * m], cog, m), &mut cols[..kr * m], false, false);
+                gemm(wg.t(), MatRef::row_major(&gyb[..cog * m], cog, m), &mut cols[..kr * m], false, par);
                 for bi in 0..imgs {
                     col2im_ld(g, &cols[bi * p..], m, &mut gxc[bi * x_img + grp * x_grp..bi * x_img + (grp + 1) * x_grp]);
                 }
@@ -731,12 +736,23 @@ fn backward_input_batched<T: Float>(g: &ConvGeom, gy: &[T], w: &[T], gx: &mut [T
     });
 }
 
+/// Most rows the shorter operand of a dot-form weight gradient may have: its K chunk
+/// (crate::dot, 512 values a row) is re-read for every 4 rows of the other, so it must stay
+/// in L2. Measured (batch 32, two threads, gemm crate → dot form): 1×1 64→64 at 32×32
+/// 4.4 → 2.0 ms, 1×1 s2 128→256 at 16×16 1.9 → 1.3 ms; MNIST's 1→32 3×3 (batch 64)
+/// 0.41 → 0.22 ms, CIFAR's 3→16 0.80 → 0.54 ms.
+const DOT_MAX_ROWS: usize = 128;
+/// Fewest pixels per product (K of the dot form) for the dot form: each output's lanes are
+/// summed once per product, which short products do not amortise (64→128 3×3 s2 at 32×32,
+/// 224 pixels per band: 8.5 → 11.2 ms in dot form).
+const DOT_MIN_K: usize = 512;
+
 /// gw = d(conv)/dw · gy, summed over the batch. gw: (C_out, C_in/G, KH, KW) (overwritten).
 pub fn conv2d_backward_weight<T: Float>(g: &ConvGeom, x: &[T], gy: &[T], gw: &mut [T]) {
     if depthwise::applies(g) {
         return depthwise::backward_weight(g, x, gy, gw);
     }
-    if crate::winograd::applies(g) {
+    if crate::winograd::applies_to_weight_grad(g) {
         return crate::winograd::backward_weight(g, x, gy, gw);
     }
     let (oh, ow) = g.oh_ow();
@@ -759,7 +775,17 @@ pub fn conv2d_backward_weight<T: Float>(g: &ConvGeom, x: &[T], gy: &[T], gw: &mu
     let imgs_per_blk = if rows_per_blk == oh && p < SMALL_PLANE { (BLOCK / (kr * p).max(1)).max(SMALL_PLANE / p).clamp(1, 16) } else { 1 };
     let pb = rows_per_blk * ow * imgs_per_blk;
     let scratch = pb * kr + cog * pb;
-    // Accumulates images `imgs` into acc (column-major per group: (K, C_out/G) row-major).
+    // The products in dot form (crate::dot) where it has its own kernel and one operand is
+    // short: gw (C_out/G, K) += gy (C_out/G, P) · cols (K, P)ᵀ, both operands read along P in
+    // place. The operand with fewer rows goes second (the one re-read for every 4 rows of the
+    // other), so that its chunk stays in L2; with gy second, the output is gwᵀ.
+    let dot = crate::dot::available() && crate::simd::as_f32(x).is_some() && cog.min(kr) <= DOT_MAX_ROWS && pb >= DOT_MIN_K;
+    let dot_t = cog < kr;
+    if !dot && g.groups == 1 && p < SMALL_PLANE && g.n > 1 && kr * cog >= SMALL_PLANE_MIN_GW {
+        return backward_weight_small_planes(g, x, gy, gw);
+    }
+    // Accumulates images `imgs` into acc: per group (C_out/G, K) row-major with `dot` and not
+    // `dot_t`, else column-major ((K, C_out/G) row-major).
     let run = |imgs: &[usize], acc: &mut [T], buf: &mut [T], par: bool| {
         let (cols, rest) = buf.split_at_mut(pb * kr);
         let gyb = &mut rest[..cog * pb];
@@ -784,7 +810,31 @@ pub fn conv2d_backward_weight<T: Float>(g: &ConvGeom, x: &[T], gy: &[T], gw: &mu
                         }
                         MatRef { data: &cols[..kr * m], rows: m, cols: kr, rs: 1, cs: m as isize }
                     };
-                    if chunk.len() == 1 {
+                    if dot {
+                        // A: gy's rows for these pixels (in place for one image, else copied
+                        // side by side); B: cols (K, m), or the image itself for a 1×1 conv.
+                        let (ga, lda) = if chunk.len() == 1 {
+                            (&gy[(chunk[0] * g.c_out + grp * cog) * p + oy0 * ow..], p)
+                        } else {
+                            for (b, &i) in chunk.iter().enumerate() {
+                                for co in 0..cog {
+                                    let src = &gy[(i * g.c_out + grp * cog + co) * p..][..n];
+                                    gyb[co * m + b * n..co * m + (b + 1) * n].copy_from_slice(src);
+                                }
+                            }
+                            (&gyb[..cog * m], m)
+                        };
+                        let (xb, ldb) = if g.is_pointwise() && chunk.len() == 1 {
+                            (&x[chunk[0] * x_img + grp * x_grp + oy0 * ow..], p)
+                        } else {
+                            (&cols[..kr * m], m)
+                        };
+                        if dot_t {
+                            crate::dot::gemm_nt(kr, cog, m, xb, ldb, ga, lda, dst, cog, true, par);
+                        } else {
+                            crate::dot::gemm_nt(cog, kr, m, ga, lda, xb, ldb, dst, kr, true, par);
+                        }
+                    } else if chunk.len() == 1 {
                         let i = chunk[0];
                         let gyi =
                             MatRef { data: &gy[(i * g.c_out + grp * cog) * p + oy0 * ow..], rows: cog, cols: n, rs: p as isize, cs: 1 };
@@ -822,11 +872,67 @@ pub fn conv2d_backward_weight<T: Float>(g: &ConvGeom, x: &[T], gy: &[T], gw: &mu
         let imgs: Vec<usize> = (0..g.n).collect();
         T::with_scratch(scratch, |buf| run(&imgs, &mut acc, buf, true));
     }
+    if dot && !dot_t {
+        gw.copy_from_slice(&acc);
+        return;
+    }
     // Column-major (K, C_out/G) per group → row-major (C_out/G, K).
     for grp in 0..g.groups {
         let r = grp * cog * kr..(grp + 1) * cog * kr;
         transpose(&acc[r.clone()], kr, cog, &mut gw[r]);
     }
+}
+
+/// Fewest weights for [`backward_weight_small_planes`]: below this the per-thread partial
+/// sums it avoids are cheap, and its products (K = C_in·KH·KW rows split, N·P deep) run
+/// slower than per-image-chunk ones (128→256 3×3 s2 at 16×16, 0.3 M weights: 7.8 → 9.1 ms;
+/// 1×1 s2 256→512: 1.5 → 2.4 ms). 512→512 3×3 at 4×4 (2.4 M): 19.2 → 16.5 ms at batch 32.
+const SMALL_PLANE_MIN_GW: usize = 1 << 20;
+
+/// Columns (images × pixels) per product of [`backward_weight_small_planes`]: 4608 rows of
+/// a 512-channel 3×3 layer's cols at 1024 columns are 18 MiB, within L3 for two threads.
+const SMALL_PLANE_COLS: usize = 1024;
+
+/// The weight gradient of small planes, one group: gwᵀ (K, C_out) = cols (K, N·P) ·
+/// gy_b (C_out, N·P)ᵀ with the rows of K (input channels) split over the threads, so every
+/// thread writes its own rows of one result and reads one shared copy of gy_b. Splitting the
+/// images instead gives every thread a gw-sized partial sum to allocate, fill and add:
+/// 32×512×4×4 (3×3) took 19–22 ms that way, against 13 for the forward.
+fn backward_weight_small_planes<T: Float>(g: &ConvGeom, x: &[T], gy: &[T], gw: &mut [T]) {
+    let (oh, ow) = g.oh_ow();
+    let (p, khw, hw) = (oh * ow, g.kh * g.kw, g.h * g.w);
+    let (kr, co, mall) = (g.col_rows(), g.c_out, g.n * oh * ow);
+    let imgs = (SMALL_PLANE_COLS / p).clamp(1, g.n);
+    let per_task = g.c_in.div_ceil(crate::num_threads().max(1));
+    let mut acc = vec![T::zero(); kr * co];
+    // gy_b (C_out, N·P): image i's pixels of channel c in row c, columns i·P .. (i+1)·P. In
+    // the second per-thread buffer: the tasks below, some on this thread, use the first.
+    T::with_aux_scratch(co * mall, |gyb| {
+        gyb.par_chunks_mut(mall).enumerate().for_each(|(c, row)| {
+            for (i, dst) in row.chunks_exact_mut(p).enumerate() {
+                dst.copy_from_slice(&gy[(i * co + c) * p..][..p]);
+            }
+        });
+        let gyb = &*gyb;
+        acc.par_chunks_mut(per_task * khw * co).enumerate().for_each(|(t, part)| {
+            let (c0, nc) = (t * per_task, part.len() / (khw * co));
+            let gs = ConvGeom { c_in: nc, groups: 1, ..*g };
+            let rows = nc * khw;
+            T::with_scratch(rows * imgs * p, |cols| {
+                for i0 in (0..g.n).step_by(imgs) {
+                    let i1 = (i0 + imgs).min(g.n);
+                    let m = (i1 - i0) * p;
+                    for i in i0..i1 {
+                        let xs = &x[i * g.c_in * hw + c0 * hw..][..nc * hw];
+                        im2col_rows_ld(&gs, xs, 0, oh, &mut cols[(i - i0) * p..rows * m], m);
+                    }
+                    let b = MatRef { data: &gyb[i0 * p..], rows: m, cols: co, rs: 1, cs: mall as isize };
+                    gemm(MatRef::row_major(&cols[..rows * m], rows, m), b, part, i0 > 0, false);
+                }
+            });
+        });
+    });
+    transpose(&acc, kr, co, gw);
 }
 
 /// dst (cols, rows) = src (rows, cols)ᵀ, in tiles: each tile's source rows stay in L1
@@ -973,6 +1079,29 @@ mod tests {
         }
     }
 
+    /// The small-plane weight gradient (input channels split over the threads, images in
+    /// chunks of SMALL_PLANE_COLS columns) on shapes smaller than its dispatch rule's: odd
+    /// channel counts, several chunks, stride 2 and 1×1.
+    #[test]
+    fn small_plane_weight_gradient_matches_naive() {
+        for (n, c_in, c_out, hw, k, st) in
+            [(5usize, 7usize, 9usize, 15usize, 3usize, 1usize), (70, 3, 4, 4, 3, 1), (9, 5, 6, 9, 3, 2), (33, 11, 3, 5, 1, 1)]
+        {
+            let p = k / 2;
+            let g = ConvGeom { n, c_in, h: hw, w: hw, c_out, kh: k, kw: k, stride: (st, st), padding: (p, p), dilation: (1, 1), groups: 1 };
+            let (oh, ow) = g.out_hw().unwrap();
+            assert!(oh * ow < SMALL_PLANE);
+            let mut s = 3 + n as u64;
+            let (x, w, gy) =
+                (rand_vec(n * c_in * hw * hw, &mut s), rand_vec(c_out * g.col_rows(), &mut s), rand_vec(n * c_out * oh * ow, &mut s));
+            let (_, want) = reference::conv2d_backward_naive(&g, &x, &w, &gy);
+            let mut gw = vec![f64::NAN; want.len()];
+            backward_weight_small_planes(&g, &x, &gy, &mut gw);
+            let err = reference::max_abs_diff(&gw, &want);
+            assert!(err < 1e-9, "{g:?}: {err}");
+        }
+    }
+
     /// The 1×1 weight gradient that reads the image in place (one image per block, including
     /// blocks of output rows that start past row 0) matches the naive gradient.
     #[test]
@@ -1101,6 +1230,36 @@ mod tests {
             let mut gw = vec![7.0; w.len()];
             conv2d_backward_weight(&g, &x, &gy, &mut gw);
             for (a, e) in gw.iter().zip(&gw_want) { prop_assert!((a - e).abs() < 1e-9, "gw {a} vs {e}"); }
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(24))]
+        /// f32 backward passes on shapes that take the fast paths the f64 tests above miss:
+        /// the dot-form weight gradient (crate::dot: few input channels or a 1×1, 512+ pixels
+        /// per product, either operand second, one image per product or several small ones)
+        /// and the input gradient of small planes batched into chunks (one chunk for the whole
+        /// batch included), against the naive twin in f64.
+        #[test]
+        fn f32_backward_matches_naive(n in 1usize..18, c_in in 1usize..9, c_out in 1usize..40, hw in 4usize..34, pointwise: bool, wide in 0usize..2, seed in 0u64..10_000) {
+            let (k, p) = if pointwise { (1, 0) } else { (3, 1) };
+            let c_in = if pointwise && wide == 1 { c_in * 16 } else { c_in };
+            let g = ConvGeom { n, c_in, h: hw, w: hw, c_out, kh: k, kw: k, stride: (1, 1), padding: (p, p), dilation: (1, 1), groups: 1 };
+            let (oh, ow) = g.oh_ow();
+            let mut sd = seed;
+            let x = rand_vec(n * c_in * hw * hw, &mut sd);
+            let w = rand_vec(c_out * g.col_rows(), &mut sd);
+            let gy = rand_vec(n * c_out * oh * ow, &mut sd);
+            let f = |v: &[f64]| v.iter().map(|&a| a as f32).collect::<Vec<f32>>();
+            let (xf, wf, gyf) = (f(&x), f(&w), f(&gy));
+            let (gx_want, gw_want) = reference::conv2d_backward_naive(&g, &x, &w, &gy);
+            let mut gw = vec![f32::NAN; w.len()];
+            conv2d_backward_weight(&g, &xf, &gyf, &mut gw);
+            // Sums of up to 18·33² products of values in [−0.5, 0.5).
+            prop_assert!(reference::max_abs_diff(&gw, &gw_want) < 2e-3, "gw {g:?}");
+            let mut gx = vec![f32::NAN; x.len()];
+            conv2d_backward_input(&g, &gyf, &wf, &mut gx);
+            prop_assert!(reference::max_abs_diff(&gx, &gx_want) < 1e-4, "gx {g:?}");
         }
     }
 }

@@ -49,13 +49,26 @@ const MIN_CHANNELS: usize = 16;
 
 /// Fewest tiles (over the whole batch) for which Winograd is used. The weight transform and
 /// the U matrices (4× the filter bytes, re-read by every block) are per call, so they must be
-/// spread over enough tiles. Measured against im2col + GEMM (2 threads): 49 tiles (1×128×28×28)
-/// 1.4× faster; 32 tiles (8×512×7×7) 1.5× slower, 16 tiles (1×256×14×14) 2.2× slower.
-const MIN_BATCH_TILES: usize = 48;
+/// spread over enough tiles. U lives in a reused per-thread buffer. Measured against im2col +
+/// GEMM (2 threads, forward / input gradient): 32 tiles of 256 → 256 channels, 2×14×14
+/// 4.6 / 6.2 → 1.8 / 2.3 ms and 8×8×8 3.1 / 4.6 → 1.8 / 2.0 ms; 16 tiles (1×256×14×14) 2.2×
+/// slower.
+const MIN_BATCH_TILES: usize = 32;
 /// Largest U (36·C_in·C_out elements) for which Winograd is used: 4 Mi elements = 16 MiB of
-/// f32. Measured: 512 → 512 channels (37 MiB of U) at 1×7×7 took 20× longer than im2col, its U
-/// allocation alone faulting in ~9,000 fresh pages per call.
+/// f32, unless every tile is whole ([`MAX_U_WHOLE_TILES`]). Past L3, U's transform and reads
+/// cost memory bandwidth that 7×7 planes (49 useful pixels of 64 computed) do not repay:
+/// 8×512×7×7 forward 10.1 → 11.8 ms.
 const MAX_U: usize = 4 << 20;
+/// Largest U when the output planes are whole 4×4 tiles. Then im2col + GEMM also computes
+/// every zero of the padding (31% of a 4×4 plane's taps): 512 → 512 channels at 32×4×4
+/// (a ResNet's last stage on CIFAR) forward 13.9 → 8.5 ms, input gradient 19.4 → 10.4 ms.
+const MAX_U_WHOLE_TILES: usize = 16 << 20;
+/// Largest U for the weight gradient, whose per-thread partial sums of the 36 products are U-sized
+/// and summed at the end: 32×512×4×4 took 19 → 100 ms.
+const MAX_U_WEIGHT_GRAD: usize = 4 << 20;
+/// Fewest tiles for the weight gradient: its products reduce over the tiles, so few tiles
+/// make short products of a large output.
+const MIN_BATCH_TILES_WEIGHT_GRAD: usize = 48;
 
 /// Fewest tiles for Winograd when the caller keeps U between calls (inference,
 /// [`forward_ep_u`]): without the per-call weight transform, 256 → 256 channels at 1×14×14
@@ -63,20 +76,28 @@ const MAX_U: usize = 4 << 20;
 const MIN_BATCH_TILES_KEPT_U: usize = 16;
 
 /// [`applies`] for a caller that keeps U between calls ([`transform_weights`] once, then
-/// [`forward_ep_u`]): the same rule with fewer tiles required.
+/// [`forward_ep_u`]): the same rule with fewer tiles required, and U within [`MAX_U`] (it
+/// is kept in memory per layer).
 pub fn applies_with_kept_u(g: &ConvGeom) -> bool {
-    applies_from(g, MIN_BATCH_TILES_KEPT_U)
+    applies_from(g, MIN_BATCH_TILES_KEPT_U, MAX_U)
 }
 
-/// True when `g` is a convolution this module handles and where it beats im2col + GEMM:
-/// 3×3, stride 1, dilation 1, one group, padding ≤ 2, at least [`MIN_CHANNELS`] input and
-/// output channels (below that the transforms, not the GEMMs, dominate), at least
-/// [`MIN_BATCH_TILES`] 4×4 output tiles over the batch and a U of at most [`MAX_U`] elements.
+/// True when `g` is a convolution this module handles and where its forward and input
+/// gradient beat im2col + GEMM: 3×3, stride 1, dilation 1, one group, padding ≤ 2, at least
+/// [`MIN_CHANNELS`] input and output channels (below that the transforms, not the GEMMs,
+/// dominate), at least [`MIN_BATCH_TILES`] 4×4 output tiles over the batch and a U of at
+/// most [`MAX_U`] elements ([`MAX_U_WHOLE_TILES`] when the output planes are whole tiles).
 pub fn applies(g: &ConvGeom) -> bool {
-    applies_from(g, MIN_BATCH_TILES)
+    let whole = g.out_hw().is_some_and(|(oh, ow)| oh % M_T == 0 && ow % M_T == 0);
+    applies_from(g, MIN_BATCH_TILES, if whole { MAX_U_WHOLE_TILES } else { MAX_U })
 }
 
-fn applies_from(g: &ConvGeom, min_tiles: usize) -> bool {
+/// [`applies`] for the weight gradient ([`backward_weight`]): more tiles and a smaller U.
+pub fn applies_to_weight_grad(g: &ConvGeom) -> bool {
+    applies_from(g, MIN_BATCH_TILES_WEIGHT_GRAD, MAX_U_WEIGHT_GRAD)
+}
+
+fn applies_from(g: &ConvGeom, min_tiles: usize, max_u: usize) -> bool {
     let Some((oh, ow)) = g.out_hw() else { return false };
     g.kh == 3
         && g.kw == 3
@@ -88,7 +109,7 @@ fn applies_from(g: &ConvGeom, min_tiles: usize) -> bool {
         && g.c_in >= MIN_CHANNELS
         && g.c_out >= MIN_CHANNELS
         && g.n * oh.div_ceil(M_T) * ow.div_ceil(M_T) >= min_tiles
-        && NXI * g.c_in * g.c_out <= MAX_U
+        && NXI * g.c_in * g.c_out <= max_u
 }
 
 /// y = conv(x, w) + b by Winograd F(4×4, 3×3). x: (N, C_in, H, W); w: (C_out, C_in, 3, 3);
@@ -382,7 +403,7 @@ fn g3<T: Float>(src: &[T], sp: Pl, dst: &mut [T], dp: Pl, n: usize) {
     }
 }
 
-/// gw = d(conv)/dw · gy summed over the batch, for convolutions where [`applies`] holds, by
+/// gw = d(conv)/dw · gy summed over the batch, for convolutions where [`applies_to_weight_grad`] holds, by
 /// Winograd. The forward tile is Y = Aᵀ [U ⊙ V] A with U = G g Gᵀ, so by the chain rule
 /// dL/dU = (A dY Aᵀ) ⊙ V and dL/dg = Gᵀ (dL/dU) G, summed over tiles. Per transform point ξ
 /// the sum over tiles is one matrix product:
@@ -893,6 +914,36 @@ mod tests {
         // Measured: 6.1e-5 absolute = 9.1e-6 of max |y| (4.4e-5 of the rms), 16× the f32
         // direct path's 3.8e-6. The bound leaves room for other seeds and summation orders.
         assert!(ew / ymax <= 1.5e-5, "winograd error {:.3e} of the output max", ew / ymax);
+    }
+
+    /// A ResNet's last stage on CIFAR (512 → 512 at 4×4, whole tiles): the dispatching
+    /// forward and input gradient take Winograd with its 37 MiB U, the weight gradient stays
+    /// on im2col. N(0, 1) input and gradient, Kaiming-normal weights; errors relative to the
+    /// f64 direct result's max.
+    #[test]
+    fn wide_whole_tile_layer_accuracy() {
+        let g = geom(2, 512, 512, 4, 4, (1, 1));
+        let g32 = ConvGeom { n: 32, ..g };
+        assert!(applies(&g32) && !applies_to_weight_grad(&g32), "the rule for the measured layer");
+        // Two images are below the tile count; the kernels are called directly.
+        let mut s = 13;
+        let x = normal(2 * 512 * 16, 1.0, &mut s);
+        let w = normal(512 * 512 * 9, (2.0f64 / 4608.0).sqrt(), &mut s);
+        let gy = normal(2 * 512 * 16, 1.0, &mut s);
+        let want = reference::conv2d_naive(&g, &x, &w, None);
+        let (gx_want, _) = reference::conv2d_backward_naive(&g, &x, &w, &gy);
+        let rel = |got: &[f32], want: &[f64]| reference::max_abs_diff(got, want) / want.iter().fold(0.0f64, |m, v| m.max(v.abs()));
+        let mut y = vec![f32::NAN; want.len()];
+        forward(&g, &to_f32(&x), &to_f32(&w), None, &mut y);
+        let mut gx = vec![f32::NAN; gx_want.len()];
+        backward_input(&g, &to_f32(&gy), &to_f32(&w), &mut gx);
+        let mut yd = vec![f32::NAN; want.len()];
+        crate::conv::conv2d_forward(&g, &to_f32(&x), &to_f32(&w), None, &mut yd);
+        let (ey, ex, ed) = (rel(&y, &want), rel(&gx, &gx_want), rel(&yd, &want));
+        eprintln!("512→512 4×4: errors of the max: winograd forward {ey:.2e}, input gradient {ex:.2e}; f32 im2col forward {ed:.2e}");
+        // Measured: 1.5e-5 and 1.6e-5 (the f32 im2col path: 4.9e-7). Error grows with C_in; the
+        // bound is twice the measurement.
+        assert!(ey <= 3e-5 && ex <= 3e-5, "errors of the max: forward {ey:.2e}, input gradient {ex:.2e}");
     }
 
     #[test]
