@@ -41,7 +41,8 @@ static CACHE: Mutex<Vec<Entry>> = Mutex::new(Vec::new());
 /// every parameter).
 static ANY: AtomicBool = AtomicBool::new(false);
 /// Most bytes of prepared weights kept; the least recently used go first (ResNet-50's
-/// small-plane layers and Winograd U at batch 1 take ~150 MiB).
+/// small-plane layers and Winograd U at batch 1 take ~150 MiB; resnet18's U from batch 4,
+/// its 512-channel layers included, ~150 MiB: peak RSS at batch 8 287 → 427 MB).
 const MAX_BYTES: usize = 512 << 20;
 
 /// The entry of `storage` at `offset` of this kind, or `make()` kept as one (the caller holds
