@@ -32,6 +32,10 @@ pub struct InferBench {
     source: crate::deploy::ModelSource,
     #[arg(long, default_value = "1x3x224x224")]
     input_shape: String,
+    /// Also time every graph node (median over --iters more runs): a table by operator and
+    /// the slowest nodes on stderr, and a "profile" array in the JSON.
+    #[arg(long)]
+    profile: bool,
     #[command(flatten)]
     common: Common,
 }
@@ -317,16 +321,67 @@ fn infer(b: InferBench) -> Result<()> {
     let threads = setup_threads(&b.common)?;
     cnnkit::core::manual_seed(0);
     let shape = crate::deploy::parse_shape(&b.input_shape)?;
-    let (med, label) = crate::deploy::bench_infer(b.onnx.as_deref(), &b.source, &shape, b.common.iters.max(1))?;
+    let (med, label, nodes) = crate::deploy::bench_infer(b.onnx.as_deref(), &b.source, &shape, b.common.iters.max(1), b.profile)?;
     let ips = shape[0] as f64 / (med / 1e3);
     eprintln!("infer {label} {}: median {med:.2} ms, {ips:.1} images/s ({threads} threads)", b.input_shape);
+    match (&nodes, b.profile) {
+        (Some(nodes), _) => print_profile(nodes),
+        (None, true) => eprintln!("(no per-node profile: this model runs as a module, not a graph)"),
+        _ => {}
+    }
     if b.common.json {
-        println!(
-            "{}",
-            json!({"bench": "infer", "model": label, "input_shape": shape, "threads": threads, "iters": b.common.iters, "median_ms": med, "images_per_second": ips, "peak_rss_mb": peak_rss_mb()})
-        );
+        let mut out = json!({"bench": "infer", "model": label, "input_shape": shape, "threads": threads, "iters": b.common.iters, "median_ms": med, "images_per_second": ips, "peak_rss_mb": peak_rss_mb()});
+        if let Some(nodes) = &nodes {
+            out["profile"] =
+                nodes.iter().map(|n| json!({"name": n.name, "op": n.op, "detail": n.detail, "fused": n.fused, "ms": n.ms})).collect();
+        }
+        println!("{out}");
     }
     Ok(())
+}
+
+/// The per-node profile on stderr: time by operator class (convolutions split into
+/// depthwise, 1×1 and the rest), then the ten slowest nodes.
+fn print_profile(nodes: &[cnnkit::nn::graph::NodeTime]) {
+    let total: f64 = nodes.iter().map(|n| n.ms).sum();
+    let class = |n: &cnnkit::nn::graph::NodeTime| -> String {
+        if n.op != "Conv" {
+            return n.op.to_string();
+        }
+        // detail: "C_in→C_out KH×KW sS gG"; depthwise when G = C_in > 1.
+        let c_in = n.detail.split('→').next();
+        let groups = n.detail.split(' ').next_back().and_then(|g| g.strip_prefix('g'));
+        if groups.is_some_and(|g| g != "1") && groups == c_in {
+            "Conv (depthwise)".into()
+        } else if n.detail.contains(" 1×1 ") {
+            "Conv (1×1)".into()
+        } else {
+            "Conv (other)".into()
+        }
+    };
+    let mut by: Vec<(String, f64, usize)> = Vec::new();
+    for n in nodes {
+        let c = class(n);
+        match by.iter_mut().find(|(k, _, _)| *k == c) {
+            Some(e) => {
+                e.1 += n.ms;
+                e.2 += 1;
+            }
+            None => by.push((c, n.ms, 1)),
+        }
+    }
+    by.sort_by(|a, b| b.1.total_cmp(&a.1));
+    eprintln!("profile: {:.2} ms over {} nodes (sum of per-node medians)", total, nodes.len());
+    for (c, ms, k) in &by {
+        eprintln!("  {c:<18} {k:>4} nodes {ms:>8.3} ms {:>5.1}%", 100.0 * ms / total.max(1e-12));
+    }
+    let mut top: Vec<&cnnkit::nn::graph::NodeTime> = nodes.iter().collect();
+    top.sort_by(|a, b| b.ms.total_cmp(&a.ms));
+    eprintln!("  slowest nodes:");
+    for n in top.iter().take(10) {
+        let fused = n.fused.map(|f| format!(" +{f}")).unwrap_or_default();
+        eprintln!("    {:>8.3} ms  {} {}{fused}  {}", n.ms, n.op, n.detail, n.name);
+    }
 }
 
 fn epoch(b: EpochBench) -> Result<()> {

@@ -4,7 +4,7 @@
 
 use clap::Args;
 use cnnkit::core::{with_no_grad, Error, Result, Tensor};
-use cnnkit::nn::graph::Graph;
+use cnnkit::nn::graph::{Graph, NodeTime};
 use cnnkit::nn::{Module, ModuleExt};
 use serde_json::json;
 use std::path::{Path, PathBuf};
@@ -198,7 +198,16 @@ pub fn export(a: ExportArgs) -> Result<()> {
 }
 
 /// `cnnkit bench infer`: the median latency of one forward pass.
-pub fn bench_infer(onnx: Option<&Path>, src: &ModelSource, shape: &[usize], iters: usize) -> Result<(f64, String)> {
+/// Median latency (ms) of `iters` runs after two warm-up runs, the model's label, and with
+/// `profile` the median time of each graph node over as many more runs (None for a model that
+/// runs as a module, without a graph).
+pub fn bench_infer(
+    onnx: Option<&Path>,
+    src: &ModelSource,
+    shape: &[usize],
+    iters: usize,
+    profile: bool,
+) -> Result<(f64, String, Option<Vec<NodeTime>>)> {
     let x = Tensor::randn(shape, cnnkit::core::DType::F32);
     let model = match (onnx, &src.model, &src.weights) {
         (None, Some(name), None) => {
@@ -227,5 +236,26 @@ pub fn bench_infer(onnx: Option<&Path>, src: &ModelSource, shape: &[usize], iter
         Ok(times)
     })?;
     times.sort_by(f64::total_cmp);
-    Ok((times[times.len() / 2], label))
+    let nodes = match (&model, profile) {
+        (Loaded::Graph(g), true) => Some(profile_graph(g, &x, iters)?),
+        _ => None,
+    };
+    Ok((times[times.len() / 2], label, nodes))
+}
+
+/// Each node's median time over `iters` profiled runs of `g` on x (separate from the timed
+/// runs: reading the clock around every node costs a little).
+fn profile_graph(g: &Graph, x: &Tensor, iters: usize) -> Result<Vec<NodeTime>> {
+    let name = g.inputs.first().map(|i| i.name.clone()).ok_or_else(|| Error::invalid("onnx", "the graph has no inputs"))?;
+    let runs = cnnkit::core::on_worker(|| -> Result<Vec<Vec<NodeTime>>> {
+        let _recycle = cnnkit::core::recycle_buffers();
+        (0..iters.max(1)).map(|_| Ok(g.run_profiled(&[(name.as_str(), x.clone())])?.1)).collect()
+    })?;
+    let mut med = runs[0].clone();
+    for (i, node) in med.iter_mut().enumerate() {
+        let mut v: Vec<f64> = runs.iter().filter_map(|r| r.get(i).map(|n| n.ms)).collect();
+        v.sort_by(f64::total_cmp);
+        node.ms = v[v.len() / 2];
+    }
+    Ok(med)
 }

@@ -209,10 +209,18 @@ fn infer_and_export_round_trip_through_onnx_and_onnx_runtime() {
             assert!(err < 1e-4, "{name}: ONNX Runtime differs by {err:.2e}");
         }
     }
-    // bench infer prints median_ms on its last line, for a zoo model and for an ONNX file.
-    let (code, out, err) = cnnkit(&["bench", "infer", "--model", "mobilenet_v2", "--input-shape", "1x3x64x64", "--iters", "2", "--json"]);
+    // bench infer prints median_ms on its last line, for a zoo model and for an ONNX file;
+    // with --profile, each node's time (a table on stderr, an array in the JSON).
+    let (code, out, err) =
+        cnnkit(&["bench", "infer", "--model", "mobilenet_v2", "--input-shape", "1x3x64x64", "--iters", "2", "--json", "--profile"]);
     assert_eq!(code, 0, "{err}");
-    assert!(last_json(&out)["median_ms"].as_f64().unwrap() > 0.0);
+    let j = last_json(&out);
+    assert!(j["median_ms"].as_f64().unwrap() > 0.0);
+    let prof = j["profile"].as_array().unwrap();
+    let dw = prof.iter().filter(|n| n["op"] == "Conv" && n["detail"] == "32→32 3×3 s1 g32").count();
+    assert_eq!(dw, 1, "MobileNetV2's first depthwise conv: {prof:?}");
+    assert!(prof.iter().all(|n| n["ms"].as_f64().is_some_and(|v| v >= 0.0)));
+    assert!(err.contains("Conv (depthwise)") && err.contains("slowest nodes"), "{err}");
     let onnx = dir.join("resnet18.onnx");
     let (code, out, err) =
         cnnkit(&["bench", "infer", "--onnx", onnx.to_str().unwrap(), "--input-shape", "2x3x64x64", "--iters", "2", "--json"]);

@@ -338,7 +338,7 @@ impl Epilogue {
 
     /// The activation as a clamp to [lo, hi], ±∞ where unbounded.
     #[inline(always)]
-    fn bounds<T: Float>(self) -> (T, T) {
+    pub(crate) fn bounds<T: Float>(self) -> (T, T) {
         match self {
             Epilogue::None => (T::neg_infinity(), T::infinity()),
             Epilogue::Relu => (T::zero(), T::infinity()),

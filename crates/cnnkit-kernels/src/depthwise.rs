@@ -266,6 +266,122 @@ fn forward_plane_3x3s1<T: Float>(h: usize, wd: usize, x: &[T], w: &[T], bias: T,
     }
 }
 
+/// [`forward_plane_3x3s1`] for f32 with AVX-512, bias and activation included: 16 outputs
+/// per step, each of the nine taps one masked load (lanes outside the row read as the zero
+/// padding, so edges need no scalar code) and one FMA, the clamp applied before the single
+/// store. The auto-vectorised kernel runs 8 lanes with separate multiplies and adds, and its
+/// activation is a second pass over the plane: MobileNetV2's 144-channel 56×56 layer took
+/// 0.27 ms. x: (H, W); w: (3, 3); y: (H, W) (overwritten).
+///
+/// # Safety
+/// The CPU supports AVX-512F; x and y hold H·W elements and w 9.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+#[allow(clippy::too_many_arguments)] // a plane, its filter and bias, and the activation
+unsafe fn forward_plane_3x3s1_avx512(h: usize, wd: usize, x: &[f32], w: &[f32], bias: f32, ep: crate::conv::Epilogue, y: &mut [f32]) {
+    use std::arch::x86_64::*;
+    debug_assert!(x.len() >= h * wd && y.len() >= h * wd && w.len() >= 9);
+    let wv: [__m512; 9] = std::array::from_fn(|k| _mm512_set1_ps(w[k]));
+    let (lo, hi) = ep.bounds::<f32>();
+    let (vlo, vhi) = (_mm512_set1_ps(lo), _mm512_set1_ps(hi));
+    let clamp = ep != crate::conv::Epilogue::None;
+    for oy in 0..h {
+        for ox0 in (0..wd).step_by(16) {
+            let l = (wd - ox0).min(16);
+            let mc = ((1u32 << l) - 1) as __mmask16;
+            // Lane j reads columns ox0 + j − 1, ox0 + j, ox0 + j + 1: the first lane's left
+            // tap is padding at the row's start, the last lane's right tap at its end.
+            let ml = if ox0 == 0 { mc & !1 } else { mc };
+            let mr = if ox0 + l == wd { mc >> 1 } else { mc };
+            let mut acc = _mm512_set1_ps(bias);
+            for ky in 0..3 {
+                // Input row oy + ky − 1; rows outside the image are padding (no taps).
+                let Some(iy) = (oy + ky).checked_sub(1).filter(|&iy| iy < h) else { continue };
+                let r = x.as_ptr().add(iy * wd + ox0);
+                // SAFETY: masked-off lanes are not read; the read lanes lie in row iy.
+                let a = _mm512_maskz_loadu_ps(ml, r.wrapping_sub(1));
+                let b = _mm512_maskz_loadu_ps(mc, r);
+                let c = _mm512_maskz_loadu_ps(mr, r.wrapping_add(1));
+                acc = _mm512_fmadd_ps(wv[3 * ky], a, acc);
+                acc = _mm512_fmadd_ps(wv[3 * ky + 1], b, acc);
+                acc = _mm512_fmadd_ps(wv[3 * ky + 2], c, acc);
+            }
+            if clamp {
+                // Compare and select, as Epilogue::apply: NaN fails both tests and stays NaN.
+                acc = _mm512_mask_blend_ps(_mm512_cmp_ps_mask::<_CMP_LT_OQ>(acc, vlo), acc, vlo);
+                acc = _mm512_mask_blend_ps(_mm512_cmp_ps_mask::<_CMP_GT_OQ>(acc, vhi), acc, vhi);
+            }
+            _mm512_mask_storeu_ps(y.as_mut_ptr().add(oy * wd + ox0), mc, acc);
+        }
+    }
+}
+
+/// Lanes k of a 16-lane load starting at column `start` of a row of `len` columns that fall
+/// inside the row (0 ≤ start + k < len); the others are padding.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+fn lane_mask(start: isize, len: usize) -> u16 {
+    let lo = (-start).clamp(0, 16) as u32;
+    let hi = (len as isize - start).clamp(0, 16) as u32;
+    if hi <= lo {
+        0
+    } else {
+        (((1u32 << hi) - 1) & !((1u32 << lo) - 1)) as u16
+    }
+}
+
+/// The stride-2 twin of [`forward_plane_3x3s1_avx512`] (3×3/2 pad 1): 16 outputs per step
+/// read input columns 2·ox0 − 1 .. 2·ox0 + 31 as four masked loads, split into the even and
+/// odd columns by two permutes each, so every tap is again one FMA.
+/// x: (H, W); w: (3, 3); y: (⌈H/2⌉, ⌈W/2⌉) (overwritten).
+///
+/// # Safety
+/// The CPU supports AVX-512F; x holds H·W elements, y ⌈H/2⌉·⌈W/2⌉ and w 9.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+#[allow(clippy::too_many_arguments)] // a plane, its filter and bias, and the activation
+unsafe fn forward_plane_3x3s2_avx512(h: usize, wd: usize, x: &[f32], w: &[f32], bias: f32, ep: crate::conv::Epilogue, y: &mut [f32]) {
+    use std::arch::x86_64::*;
+    let (oh, ow) = (h.div_ceil(2), wd.div_ceil(2));
+    debug_assert!(x.len() >= h * wd && y.len() >= oh * ow && w.len() >= 9);
+    let wv: [__m512; 9] = std::array::from_fn(|k| _mm512_set1_ps(w[k]));
+    let (lo, hi) = ep.bounds::<f32>();
+    let (vlo, vhi) = (_mm512_set1_ps(lo), _mm512_set1_ps(hi));
+    let clamp = ep != crate::conv::Epilogue::None;
+    let even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+    let odd = _mm512_setr_epi32(1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
+    for oy in 0..oh {
+        for ox0 in (0..ow).step_by(16) {
+            let l = (ow - ox0).min(16);
+            let c0 = 2 * ox0 as isize;
+            // u: columns 2·ox0 .. + 32; v: columns 2·ox0 − 1 .. + 32.
+            let (mu0, mu1, mv0, mv1) = (lane_mask(c0, wd), lane_mask(c0 + 16, wd), lane_mask(c0 - 1, wd), lane_mask(c0 + 15, wd));
+            let mut acc = _mm512_set1_ps(bias);
+            for ky in 0..3 {
+                // Input row 2·oy + ky − 1; rows outside the image are padding.
+                let Some(iy) = (2 * oy + ky).checked_sub(1).filter(|&iy| iy < h) else { continue };
+                let r = x.as_ptr().add(iy * wd);
+                // SAFETY: masked-off lanes are not read; the read lanes lie in row iy.
+                let at = |c: isize| r.wrapping_offset(c);
+                let (u0, u1) = (_mm512_maskz_loadu_ps(mu0, at(c0)), _mm512_maskz_loadu_ps(mu1, at(c0 + 16)));
+                let (v0, v1) = (_mm512_maskz_loadu_ps(mv0, at(c0 - 1)), _mm512_maskz_loadu_ps(mv1, at(c0 + 15)));
+                // Output ox0 + j reads columns 2(ox0 + j) − 1, 2(ox0 + j), 2(ox0 + j) + 1.
+                let a = _mm512_permutex2var_ps(v0, even, v1);
+                let b = _mm512_permutex2var_ps(u0, even, u1);
+                let c = _mm512_permutex2var_ps(u0, odd, u1);
+                acc = _mm512_fmadd_ps(wv[3 * ky], a, acc);
+                acc = _mm512_fmadd_ps(wv[3 * ky + 1], b, acc);
+                acc = _mm512_fmadd_ps(wv[3 * ky + 2], c, acc);
+            }
+            if clamp {
+                acc = _mm512_mask_blend_ps(_mm512_cmp_ps_mask::<_CMP_LT_OQ>(acc, vlo), acc, vlo);
+                acc = _mm512_mask_blend_ps(_mm512_cmp_ps_mask::<_CMP_GT_OQ>(acc, vhi), acc, vhi);
+            }
+            _mm512_mask_storeu_ps(y.as_mut_ptr().add(oy * ow + ox0), ((1u32 << l) - 1) as __mmask16, acc);
+        }
+    }
+}
+
 /// Planes at most this wide take [`forward_plane_3x3s1_flat`]: their rows are too short for
 /// the row kernel's vector loop (a 7-wide row has 5 interior outputs and 2 scalar edges).
 const FLAT_MAX_W: usize = 32;
@@ -448,8 +564,26 @@ pub fn forward<T: Float>(g: &ConvGeom, x: &[T], w: &[T], b: Option<&[T]>, ep: cr
         let wk = &w[co * kk..(co + 1) * kk];
         let bias = b.map_or(T::zero(), |b| b[co]);
         if is_3x3_s1_p1(g) {
+            #[cfg(target_arch = "x86_64")]
+            if let (true, Some(x32), Some(w32), Some(y32)) =
+                (crate::packed::available(), crate::simd::as_f32(xp), crate::simd::as_f32(wk), crate::simd::as_f32_mut(yp))
+            {
+                // SAFETY: AVX-512F was detected; the plane, filter and output have their sizes.
+                let b32 = bias.to_f32().unwrap_or(0.0);
+                unsafe { forward_plane_3x3s1_avx512(g.h, g.w, x32, w32, b32, ep, y32) };
+                return;
+            }
             T::with_scratch(scratch_3x3s1(g.h, g.w), |sc| forward_plane_3x3s1_best(g.h, g.w, xp, wk, bias, yp, sc));
         } else if is_3x3_s2_p1(g) {
+            #[cfg(target_arch = "x86_64")]
+            if let (true, Some(x32), Some(w32), Some(y32)) =
+                (crate::packed::available(), crate::simd::as_f32(xp), crate::simd::as_f32(wk), crate::simd::as_f32_mut(yp))
+            {
+                // SAFETY: AVX-512F was detected; the plane, filter and output have their sizes.
+                let b32 = bias.to_f32().unwrap_or(0.0);
+                unsafe { forward_plane_3x3s2_avx512(g.h, g.w, x32, w32, b32, ep, y32) };
+                return;
+            }
             T::with_scratch(7 * ow, |sc| forward_plane_3x3s2_best(g.h, g.w, xp, wk, bias, yp, sc));
         } else {
             // Baseline ISA on purpose (measured): acc_taps' 4×-unrolled AVX2 loops leave most
@@ -841,6 +975,25 @@ mod tests {
         #[test]
         fn specialised_3x3_kernels_match_naive(g in mobilenet_strategy(), seed in 0u64..10_000) {
             prop_assert_eq!(check(&g, seed), Ok(()), "{:?}", g);
+        }
+
+        /// The f32 kernels (AVX-512 with the activation fused, where the CPU has it) on the
+        /// specialised shapes, every activation, against the naive twin in f64: rows of one
+        /// to three 16-lane steps with partial last steps, and planes of one row or column.
+        #[test]
+        fn f32_specialised_kernels_match_naive(g in mobilenet_strategy(), act in 0usize..3, seed in 0u64..10_000) {
+            let mut s = seed;
+            let (oh, ow) = g.out_hw().unwrap();
+            let x = rand_vec(g.n * g.c_in * g.h * g.w, &mut s);
+            let w = rand_vec(g.c_out * 9, &mut s);
+            let b = rand_vec(g.c_out, &mut s);
+            let ep = [crate::conv::Epilogue::None, crate::conv::Epilogue::Relu, crate::conv::Epilogue::Clamp(-0.1, 0.2)][act];
+            let mut want = crate::reference::conv2d_naive(&g, &x, &w, Some(&b));
+            ep.apply(&mut want);
+            let f = |v: &[f64]| v.iter().map(|&a| a as f32).collect::<Vec<f32>>();
+            let mut y = vec![f32::NAN; g.n * g.c_out * oh * ow];
+            forward(&g, &f(&x), &f(&w), Some(&f(&b)), ep, &mut y);
+            prop_assert!(crate::reference::max_abs_diff(&y, &want) < 1e-5, "{:?} {:?}", g, ep);
         }
 
         #[test]

@@ -270,3 +270,30 @@ fn integer_shape_arithmetic_feeds_reshape() {
     assert_eq!(out[0].to_f32_vec().unwrap(), x.to_f32_vec().unwrap());
     assert_eq!(g.infer_shapes(&[("input", vec![4, 2, 3])]).unwrap()[&y], vec![4, 6]);
 }
+
+/// run_profiled returns the same outputs as run and one entry per executed node, in order:
+/// an activation fused into its convolution (after optimize_for_inference) is timed with it.
+#[test]
+fn profiled_run_times_every_node() {
+    manual_seed(8);
+    let m = cnn();
+    m.eval();
+    let g = module_to_graph(&m, &[None, Some(3), Some(16), Some(16)]).unwrap();
+    let g = cnnkit_nn::graph::optimize_for_inference(&g).unwrap();
+    let x = Tensor::randn(&[2, 3, 16, 16], DType::F32);
+    let want = g.run(&[("input", x.clone())]).unwrap();
+    let (got, times) = g.run_profiled(&[("input", x)]).unwrap();
+    assert_eq!(got[0].to_f32_vec().unwrap(), want[0].to_f32_vec().unwrap());
+    let fused = times.iter().filter(|t| t.fused.is_some()).count();
+    assert_eq!(times.len() + fused, g.nodes.len(), "one entry per node, fused pairs once");
+    let mut nodes = g.nodes.iter();
+    for t in &times {
+        assert!(nodes.any(|n| n.name == t.name), "{} out of order", t.name);
+        assert!(t.ms >= 0.0 && t.ms.is_finite());
+    }
+    // The first conv (3 → 8, 3×3, BatchNorm folded in) carries its ReLU and its geometry.
+    let conv = &times[0];
+    assert_eq!((conv.op, conv.fused, conv.detail.as_str()), ("Conv", Some("Relu"), "3→8 3×3 s1 g1"));
+    let dw = times.iter().find(|t| t.detail.ends_with("g8")).expect("the depthwise conv");
+    assert_eq!(dw.detail, "8→8 3×3 s1 g8");
+}

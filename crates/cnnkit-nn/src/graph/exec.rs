@@ -3,7 +3,7 @@
 //! Semantics follow the ONNX operator specs (https://onnx.ai/onnx/operators/).
 
 use super::exec_shape::checked_numel;
-use super::{CoordMode, Graph, GraphOp, NearestMode, Node, PadKind, ResizeMode};
+use super::{CoordMode, Graph, GraphOp, NearestMode, Node, NodeTime, PadKind, ResizeMode};
 use cnnkit_core::elementwise::broadcast_shape;
 use cnnkit_core::{DType, Error, PadMode, Pool2dArgs, Result, Tensor, UnaryOp};
 use cnnkit_kernels::conv::Epilogue;
@@ -34,10 +34,20 @@ impl Graph {
     /// Static dims of the declared input shapes are checked.
     /// Runs on a worker of the kernels' thread pool ([`cnnkit_core::on_worker`]).
     pub fn run(&self, inputs: &[(&str, Tensor)]) -> Result<Vec<Tensor>> {
-        cnnkit_core::on_worker(|| self.run_here(inputs))
+        cnnkit_core::on_worker(|| self.run_here(inputs, None))
     }
 
-    fn run_here(&self, inputs: &[(&str, Tensor)]) -> Result<Vec<Tensor>> {
+    /// [`Graph::run`], also returning the wall time of each node in execution order (an
+    /// activation fused into its producer is timed with it, under the producer's name).
+    pub fn run_profiled(&self, inputs: &[(&str, Tensor)]) -> Result<(Vec<Tensor>, Vec<NodeTime>)> {
+        cnnkit_core::on_worker(|| {
+            let mut times = Vec::with_capacity(self.nodes.len());
+            let outs = self.run_here(inputs, Some(&mut times))?;
+            Ok((outs, times))
+        })
+    }
+
+    fn run_here(&self, inputs: &[(&str, Tensor)], mut profile: Option<&mut Vec<NodeTime>>) -> Result<Vec<Tensor>> {
         let _guard = cnnkit_core::no_grad();
         // Activations freed below are reused for later nodes' outputs (and, when the caller
         // holds its own scope across runs, for the next run's): see cnnkit_core::recycle.
@@ -78,6 +88,7 @@ impl Graph {
             if std::mem::take(&mut skip) {
                 continue;
             }
+            let started = profile.is_some().then(std::time::Instant::now);
             let mut args = Vec::with_capacity(node.inputs.len());
             for v in &node.inputs {
                 if v.is_empty() {
@@ -112,6 +123,16 @@ impl Graph {
                     outs
                 }
             };
+            if let (Some(p), Some(t0)) = (profile.as_deref_mut(), started) {
+                let fused = skip.then(|| self.nodes[i + 1].op.name());
+                let detail = match (&node.op, args.get(1)) {
+                    (GraphOp::Conv { kernel_shape: [kh, kw], strides: [s, _], group, .. }, Some(Some(w))) if w.ndim() == 4 => {
+                        format!("{}→{} {kh}×{kw} s{s} g{group}", w.shape()[1] * group, w.shape()[0])
+                    }
+                    _ => String::new(),
+                };
+                p.push(NodeTime { name: node.name.clone(), op: node.op.name(), detail, fused, ms: t0.elapsed().as_secs_f64() * 1e3 });
+            }
             let names = if skip { &self.nodes[i + 1].outputs } else { &node.outputs };
             for (name, t) in names.iter().zip(outs) {
                 if !name.is_empty() {

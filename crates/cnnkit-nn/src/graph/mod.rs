@@ -32,6 +32,21 @@ pub struct Node {
     pub outputs: Vec<String>,
 }
 
+/// One node's share of a [`Graph::run_profiled`] run.
+#[derive(Clone, Debug, PartialEq)]
+pub struct NodeTime {
+    /// The node's name (may be empty in imported graphs).
+    pub name: String,
+    /// Its operator, as ONNX names it ("Conv", "Relu", …).
+    pub op: &'static str,
+    /// For convolutions, "C_in→C_out KH×KW sS gG"; empty otherwise.
+    pub detail: String,
+    /// The activation run in its epilogue, when the next node was fused into it.
+    pub fused: Option<&'static str>,
+    /// Wall time, milliseconds.
+    pub ms: f64,
+}
+
 /// A whole model: inputs, outputs, initializers by name, and nodes in topological order.
 #[derive(Clone, Debug, Default)]
 pub struct Graph {
