@@ -376,6 +376,12 @@ pub fn conv2d_forward_ep<T: Float>(g: &ConvGeom, x: &[T], w: &[T], b: Option<&[T
     if depthwise::applies(g) {
         return depthwise::forward(g, x, w, b, ep, y);
     }
+    if crate::direct::applies(g) {
+        let f = crate::simd::as_f32;
+        if let (Some(x), Some(w), Some(y)) = (f(x), f(w), crate::simd::as_f32_mut(y)) {
+            return crate::direct::forward(g, x, w, b.and_then(f), ep, y);
+        }
+    }
     if crate::winograd::applies(g) {
         return crate::winograd::forward_ep(g, x, w, b, ep, y);
     }

@@ -8,6 +8,7 @@
 pub mod simd;
 pub mod conv;
 pub mod depthwise;
+pub mod direct;
 pub mod dot;
 pub mod matmul;
 pub mod packed;
