@@ -316,20 +316,6 @@ unsafe fn forward_plane_3x3s1_avx512(h: usize, wd: usize, x: &[f32], w: &[f32], 
     }
 }
 
-/// Lanes k of a 16-lane load starting at column `start` of a row of `len` columns that fall
-/// inside the row (0 ≤ start + k < len); the others are padding.
-#[cfg(target_arch = "x86_64")]
-#[inline(always)]
-fn lane_mask(start: isize, len: usize) -> u16 {
-    let lo = (-start).clamp(0, 16) as u32;
-    let hi = (len as isize - start).clamp(0, 16) as u32;
-    if hi <= lo {
-        0
-    } else {
-        (((1u32 << hi) - 1) & !((1u32 << lo) - 1)) as u16
-    }
-}
-
 /// The stride-2 twin of [`forward_plane_3x3s1_avx512`] (3×3/2 pad 1): 16 outputs per step
 /// read input columns 2·ox0 − 1 .. 2·ox0 + 31 as four masked loads, split into the even and
 /// odd columns by two permutes each, so every tap is again one FMA.
@@ -355,7 +341,8 @@ unsafe fn forward_plane_3x3s2_avx512(h: usize, wd: usize, x: &[f32], w: &[f32], 
             let l = (ow - ox0).min(16);
             let c0 = 2 * ox0 as isize;
             // u: columns 2·ox0 .. + 32; v: columns 2·ox0 − 1 .. + 32.
-            let (mu0, mu1, mv0, mv1) = (lane_mask(c0, wd), lane_mask(c0 + 16, wd), lane_mask(c0 - 1, wd), lane_mask(c0 + 15, wd));
+            let m = |start: isize| crate::simd::lane_mask(start, wd);
+            let (mu0, mu1, mv0, mv1) = (m(c0), m(c0 + 16), m(c0 - 1), m(c0 + 15));
             let mut acc = _mm512_set1_ps(bias);
             for ky in 0..3 {
                 // Input row 2·oy + ky − 1; rows outside the image are padding.

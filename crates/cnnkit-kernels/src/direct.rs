@@ -58,19 +58,6 @@ pub fn forward(g: &ConvGeom, x: &[f32], w: &[f32], b: Option<&[f32]>, ep: Epilog
     });
 }
 
-/// Lanes k of a 16-lane load starting at column `start` of a row of `len` columns that fall
-/// inside it (0 ≤ start + k < len).
-#[inline(always)]
-fn lane_mask(start: isize, len: usize) -> u16 {
-    let lo = (-start).clamp(0, 16) as u32;
-    let hi = (len as isize - start).clamp(0, 16) as u32;
-    if hi <= lo {
-        0
-    } else {
-        (((1u32 << hi) - 1) & !((1u32 << lo) - 1)) as u16
-    }
-}
-
 /// Output row oy of one image, every channel. x: (C_in, H, W); y: the image's output
 /// (C_out, OH, OW); taps: K·16 scratch.
 #[cfg(target_arch = "x86_64")]
@@ -92,7 +79,7 @@ unsafe fn row(g: &ConvGeom, x: &[f32], w: &[f32], b: Option<&[f32]>, ep: Epilogu
         // every input row).
         let cols: [(isize, u16, u16); 8] = std::array::from_fn(|kx| {
             let c0 = (2 * ox0 + kx) as isize - g.padding.1 as isize;
-            (c0, lane_mask(c0, g.w), lane_mask(c0 + 16, g.w))
+            (c0, crate::simd::lane_mask(c0, g.w), crate::simd::lane_mask(c0 + 16, g.w))
         });
         for ci in 0..g.c_in {
             for ky in 0..kh {

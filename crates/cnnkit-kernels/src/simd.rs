@@ -241,6 +241,20 @@ pub(crate) fn as_f32<T: 'static>(x: &[T]) -> Option<&[f32]> {
     }
 }
 
+/// Lanes k of a 16-lane load starting at column `start` of a row of `len` columns that fall
+/// inside the row (0 ≤ start + k < len): the mask of an AVX-512 masked load that reads a
+/// padded row's real columns only.
+#[inline(always)]
+pub(crate) fn lane_mask(start: isize, len: usize) -> u16 {
+    let lo = (-start).clamp(0, 16) as u32;
+    let hi = (len as isize - start).clamp(0, 16) as u32;
+    if hi <= lo {
+        0
+    } else {
+        (((1u32 << hi) - 1) & !((1u32 << lo) - 1)) as u16
+    }
+}
+
 /// `x` as &mut [f32] when T is f32.
 pub(crate) fn as_f32_mut<T: 'static>(x: &mut [T]) -> Option<&mut [f32]> {
     if std::any::TypeId::of::<T>() == std::any::TypeId::of::<f32>() {
