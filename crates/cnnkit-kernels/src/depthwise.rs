@@ -536,6 +536,22 @@ fn backward_input_plane_3x3s2<T: Float>(h: usize, wd: usize, gy: &[T], w: &[T], 
     }
 }
 
+/// One 3×3/1 pad-1 plane, y = act(conv(x, w) + bias): the AVX-512 kernel for f32 where the
+/// CPU has it (activation included: returns true), else the auto-vectorised one (returns
+/// false: the caller applies the activation). x, y: (H, W); w: (3, 3).
+fn plane_3x3s1<T: Float>(h: usize, wd: usize, x: &[T], w: &[T], bias: T, ep: crate::conv::Epilogue, y: &mut [T]) -> bool {
+    #[cfg(target_arch = "x86_64")]
+    if let (true, Some(x32), Some(w32), Some(y32)) =
+        (crate::packed::available(), crate::simd::as_f32(x), crate::simd::as_f32(w), crate::simd::as_f32_mut(y))
+    {
+        // SAFETY: AVX-512F was detected; the plane, filter and output have their sizes.
+        unsafe { forward_plane_3x3s1_avx512(h, wd, x32, w32, bias.to_f32().unwrap_or(0.0), ep, y32) };
+        return true;
+    }
+    T::with_scratch(scratch_3x3s1(h, wd), |sc| forward_plane_3x3s1_best(h, wd, x, w, bias, y, sc));
+    false
+}
+
 /// y = conv(x, w) + b for depthwise `g`. x: (N, C_in, H, W); w: (C_out, 1, KH, KW); b: (C_out);
 /// y: (N, C_out, OH, OW) (overwritten).
 /// `ep` is applied to each output plane right after it is computed.
@@ -551,16 +567,9 @@ pub fn forward<T: Float>(g: &ConvGeom, x: &[T], w: &[T], b: Option<&[T]>, ep: cr
         let wk = &w[co * kk..(co + 1) * kk];
         let bias = b.map_or(T::zero(), |b| b[co]);
         if is_3x3_s1_p1(g) {
-            #[cfg(target_arch = "x86_64")]
-            if let (true, Some(x32), Some(w32), Some(y32)) =
-                (crate::packed::available(), crate::simd::as_f32(xp), crate::simd::as_f32(wk), crate::simd::as_f32_mut(yp))
-            {
-                // SAFETY: AVX-512F was detected; the plane, filter and output have their sizes.
-                let b32 = bias.to_f32().unwrap_or(0.0);
-                unsafe { forward_plane_3x3s1_avx512(g.h, g.w, x32, w32, b32, ep, y32) };
+            if plane_3x3s1(g.h, g.w, xp, wk, bias, ep, yp) {
                 return;
             }
-            T::with_scratch(scratch_3x3s1(g.h, g.w), |sc| forward_plane_3x3s1_best(g.h, g.w, xp, wk, bias, yp, sc));
         } else if is_3x3_s2_p1(g) {
             #[cfg(target_arch = "x86_64")]
             if let (true, Some(x32), Some(w32), Some(y32)) =
@@ -637,7 +646,8 @@ pub fn backward_input<T: Float>(g: &ConvGeom, gy: &[T], w: &[T], gx: &mut [T]) {
             // The input gradient of a 3×3/1 pad-1 conv is the same conv of gy with the kernel
             // rotated 180°: reuse the register-blocked forward plane (it overwrites gxp).
             let flipped: [T; 9] = std::array::from_fn(|k| wk[8 - k]);
-            return T::with_scratch(scratch_3x3s1(g.h, g.w), |sc| forward_plane_3x3s1_best(g.h, g.w, gyp, &flipped, T::zero(), gxp, sc));
+            plane_3x3s1(g.h, g.w, gyp, &flipped, T::zero(), crate::conv::Epilogue::None, gxp);
+            return;
         }
         if m == 1 && is_3x3_s2_p1(g) {
             return T::with_scratch(4 * (ow + 1), |sc| backward_input_plane_3x3s2_best(g.h, g.w, gyp, wk, gxp, sc));
@@ -966,7 +976,8 @@ mod tests {
 
         /// The f32 kernels (AVX-512 with the activation fused, where the CPU has it) on the
         /// specialised shapes, every activation, against the naive twin in f64: rows of one
-        /// to three 16-lane steps with partial last steps, and planes of one row or column.
+        /// to three 16-lane steps with partial last steps, and planes of one row or column;
+        /// the input gradient too.
         #[test]
         fn f32_specialised_kernels_match_naive(g in mobilenet_strategy(), act in 0usize..3, seed in 0u64..10_000) {
             let mut s = seed;
@@ -981,6 +992,12 @@ mod tests {
             let mut y = vec![f32::NAN; g.n * g.c_out * oh * ow];
             forward(&g, &f(&x), &f(&w), Some(&f(&b)), ep, &mut y);
             prop_assert!(crate::reference::max_abs_diff(&y, &want) < 1e-5, "{:?} {:?}", g, ep);
+            // The input gradient, whose 3×3/1 case runs the forward kernel on gy.
+            let gy = rand_vec(g.n * g.c_out * oh * ow, &mut s);
+            let (gx_want, _) = crate::reference::conv2d_backward_naive(&g, &x, &w, &gy);
+            let mut gx = vec![f32::NAN; x.len()];
+            backward_input(&g, &f(&gy), &f(&w), &mut gx);
+            prop_assert!(crate::reference::max_abs_diff(&gx, &gx_want) < 1e-5, "gx {:?}", g);
         }
 
         #[test]
