@@ -307,9 +307,7 @@ unsafe fn forward_plane_3x3s1_avx512(h: usize, wd: usize, x: &[f32], w: &[f32], 
                 acc = _mm512_fmadd_ps(wv[3 * ky + 2], c, acc);
             }
             if clamp {
-                // Compare and select, as Epilogue::apply: NaN fails both tests and stays NaN.
-                acc = _mm512_mask_blend_ps(_mm512_cmp_ps_mask::<_CMP_LT_OQ>(acc, vlo), acc, vlo);
-                acc = _mm512_mask_blend_ps(_mm512_cmp_ps_mask::<_CMP_GT_OQ>(acc, vhi), acc, vhi);
+                acc = crate::simd::clamp_ps(acc, vlo, vhi);
             }
             _mm512_mask_storeu_ps(y.as_mut_ptr().add(oy * wd + ox0), mc, acc);
         }
@@ -361,8 +359,7 @@ unsafe fn forward_plane_3x3s2_avx512(h: usize, wd: usize, x: &[f32], w: &[f32], 
                 acc = _mm512_fmadd_ps(wv[3 * ky + 2], c, acc);
             }
             if clamp {
-                acc = _mm512_mask_blend_ps(_mm512_cmp_ps_mask::<_CMP_LT_OQ>(acc, vlo), acc, vlo);
-                acc = _mm512_mask_blend_ps(_mm512_cmp_ps_mask::<_CMP_GT_OQ>(acc, vhi), acc, vhi);
+                acc = crate::simd::clamp_ps(acc, vlo, vhi);
             }
             _mm512_mask_storeu_ps(y.as_mut_ptr().add(oy * ow + ox0), ((1u32 << l) - 1) as __mmask16, acc);
         }

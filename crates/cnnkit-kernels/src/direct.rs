@@ -153,9 +153,7 @@ unsafe fn channels<const NC: usize>(
     for (j, a) in acc.iter().enumerate() {
         let mut v = *a;
         if clamp {
-            // Compare and select, as Epilogue::apply: NaN stays NaN.
-            v = _mm512_mask_blend_ps(_mm512_cmp_ps_mask::<_CMP_LT_OQ>(v, vlo), v, vlo);
-            v = _mm512_mask_blend_ps(_mm512_cmp_ps_mask::<_CMP_GT_OQ>(v, vhi), v, vhi);
+            v = crate::simd::clamp_ps(v, vlo, vhi);
         }
         _mm512_mask_storeu_ps(out(co0 + j), store, v);
     }
