@@ -15,7 +15,8 @@
 //! thread at 512×2304×49). [`gemm_bias_act`] transposes each panel's Cᵀ into the NCHW output
 //! while it adds bias and activation. Packing A reads the weights by columns, which costs
 //! more than the GEMM saves, so the path is for weights packed once and kept: inference,
-//! through the cache in `cnnkit_core::prepared`.
+//! through the cache in `cnnkit_core::prepared`. A 1×1 convolution's B is its input, which
+//! [`gemm_bias_act_b_in_place`] reads where it lies (the microkernel takes B's row stride).
 
 use crate::conv::{Epilogue, SyncPtr};
 use crate::matmul::MatRef;
@@ -162,7 +163,7 @@ pub fn panel_product(a: &[f32], k: usize, pb: &[f32], n: usize, ct: &mut [f32], 
             let c = &mut ct[j0 * ldct..];
             // SAFETY: AVX-512 checked above; a holds kb·MR, b kb·w values; c holds w rows of
             // ldct with MR values from offset 0 (asserted above).
-            unsafe { micro_dispatch(w, kb, a.as_ptr(), b.as_ptr(), c.as_mut_ptr(), ldct, k0 > 0) }
+            unsafe { micro_dispatch(w, kb, a.as_ptr(), b.as_ptr(), w, c.as_mut_ptr(), ldct, k0 > 0) }
         }
     }
 }
@@ -216,6 +217,82 @@ fn product_rows(pa: &PackedA, pb: &[f32], n: usize, y: &mut [f32], ldy: usize, p
     }
 }
 
+/// Columns per task of [`gemm_bias_act_b_in_place`]: four B panels.
+const COLS_PER_TASK: usize = 4 * NR;
+
+/// y (M, N) = ep(A · B + bias) as [`gemm_bias_act`], with B (K, N) read in place (row k at
+/// `b[k·ldb ..]`) instead of packed: a 1×1 convolution's B is its input, and packing it cost
+/// as much as the product on MobileNet's narrow layers. The work splits over panels of MR
+/// channels and groups of [`COLS_PER_TASK`] columns, so layers with few panels (96 channels:
+/// three) still spread over the threads. Panics unless [`available`].
+#[allow(clippy::too_many_arguments)] // the GEMM's operands, its epilogue and the threading
+pub fn gemm_bias_act_b_in_place(
+    pa: &PackedA,
+    b: &[f32],
+    ldb: usize,
+    n: usize,
+    bias: Option<&[f32]>,
+    ep: Epilogue,
+    y: &mut [f32],
+    parallel: bool,
+) {
+    let (m, k) = (pa.m, pa.k);
+    assert!(available(), "packed GEMM needs AVX-512");
+    assert!(n <= ldb && (k == 0 || b.len() >= (k - 1) * ldb + n) && (m == 0 || y.len() >= (m - 1) * n + n));
+    assert!(bias.is_none_or(|b| b.len() >= m));
+    if m == 0 || n == 0 {
+        return;
+    }
+    let yp = SyncPtr(y.as_mut_ptr());
+    let groups = n.div_ceil(COLS_PER_TASK);
+    let run = |t: usize| {
+        let (p, g) = (t / groups, t % groups);
+        let (c0, c1) = (g * COLS_PER_TASK, ((g + 1) * COLS_PER_TASK).min(n));
+        with_local((c1 - c0) * MR, |ct| {
+            #[cfg(target_arch = "x86_64")]
+            for k0 in (0..k).step_by(KC) {
+                let kb = KC.min(k - k0);
+                let a = &pa.panel(p)[k0 * MR..];
+                for j0 in (c0..c1).step_by(NR) {
+                    let w = NR.min(c1 - j0);
+                    // SAFETY: AVX-512 checked above; a holds kb·MR values; B's rows k0 ..
+                    // k0 + kb hold columns j0 .. j0 + w (asserted above); ct holds (c1 − c0)·MR.
+                    unsafe {
+                        micro_dispatch(
+                            w,
+                            kb,
+                            a.as_ptr(),
+                            b.as_ptr().add(k0 * ldb + j0),
+                            ldb,
+                            ct.as_mut_ptr().add((j0 - c0) * MR),
+                            MR,
+                            k0 > 0,
+                        )
+                    }
+                }
+            }
+            crate::simd::with_best_isa(|| {
+                for r in 0..MR.min(m - p * MR) {
+                    let co = p * MR + r;
+                    // SAFETY: columns c0 .. c1 of row co lie inside y (asserted above), and only
+                    // this task writes them.
+                    let row = unsafe { std::slice::from_raw_parts_mut(yp.get().add(co * n + c0), c1 - c0) };
+                    for (j, v) in row.iter_mut().enumerate() {
+                        *v = ct[j * MR + r];
+                    }
+                    ep.apply_bias(row, bias.map_or(0.0, |b| b[co]));
+                }
+            });
+        })
+    };
+    let tasks = pa.panels() * groups;
+    if parallel && crate::num_threads() > 1 && tasks > 1 {
+        (0..tasks).into_par_iter().for_each(run);
+    } else {
+        (0..tasks).for_each(run);
+    }
+}
+
 thread_local! {
     static LOCAL: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
 }
@@ -231,29 +308,32 @@ fn with_local<R>(len: usize, f: impl FnOnce(&mut [f32]) -> R) -> R {
 const KC: usize = 192;
 
 #[cfg(target_arch = "x86_64")]
-unsafe fn micro_dispatch(w: usize, k: usize, a: *const f32, b: *const f32, c: *mut f32, ldc: usize, acc: bool) {
+#[allow(clippy::too_many_arguments)] // the tile's operands with their strides
+unsafe fn micro_dispatch(w: usize, k: usize, a: *const f32, b: *const f32, ldb: usize, c: *mut f32, ldc: usize, acc: bool) {
     match w {
-        14 => micro::<14>(k, a, b, c, ldc, acc),
-        13 => micro::<13>(k, a, b, c, ldc, acc),
-        12 => micro::<12>(k, a, b, c, ldc, acc),
-        11 => micro::<11>(k, a, b, c, ldc, acc),
-        10 => micro::<10>(k, a, b, c, ldc, acc),
-        9 => micro::<9>(k, a, b, c, ldc, acc),
-        8 => micro::<8>(k, a, b, c, ldc, acc),
-        7 => micro::<7>(k, a, b, c, ldc, acc),
-        6 => micro::<6>(k, a, b, c, ldc, acc),
-        5 => micro::<5>(k, a, b, c, ldc, acc),
-        4 => micro::<4>(k, a, b, c, ldc, acc),
-        3 => micro::<3>(k, a, b, c, ldc, acc),
-        2 => micro::<2>(k, a, b, c, ldc, acc),
-        _ => micro::<1>(k, a, b, c, ldc, acc),
+        14 => micro::<14>(k, a, b, ldb, c, ldc, acc),
+        13 => micro::<13>(k, a, b, ldb, c, ldc, acc),
+        12 => micro::<12>(k, a, b, ldb, c, ldc, acc),
+        11 => micro::<11>(k, a, b, ldb, c, ldc, acc),
+        10 => micro::<10>(k, a, b, ldb, c, ldc, acc),
+        9 => micro::<9>(k, a, b, ldb, c, ldc, acc),
+        8 => micro::<8>(k, a, b, ldb, c, ldc, acc),
+        7 => micro::<7>(k, a, b, ldb, c, ldc, acc),
+        6 => micro::<6>(k, a, b, ldb, c, ldc, acc),
+        5 => micro::<5>(k, a, b, ldb, c, ldc, acc),
+        4 => micro::<4>(k, a, b, ldb, c, ldc, acc),
+        3 => micro::<3>(k, a, b, ldb, c, ldc, acc),
+        2 => micro::<2>(k, a, b, ldb, c, ldc, acc),
+        _ => micro::<1>(k, a, b, ldb, c, ldc, acc),
     }
 }
 
-/// One MR × W tile: c[j·ldc + r] (+)= Σ_k a[k·MR + r]·b[k·W + j] for r < MR, j < W.
+/// One MR × W tile: c[j·ldc + r] (+)= Σ_k a[k·MR + r]·b[k·ldb + j] for r < MR, j < W (a
+/// packed B panel has ldb = W; B read in place has its row stride).
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
-unsafe fn micro<const W: usize>(k: usize, a: *const f32, b: *const f32, c: *mut f32, ldc: usize, acc: bool) {
+#[allow(clippy::too_many_arguments)]
+unsafe fn micro<const W: usize>(k: usize, a: *const f32, b: *const f32, ldb: usize, c: *mut f32, ldc: usize, acc: bool) {
     use std::arch::x86_64::*;
     let mut lo = [_mm512_setzero_ps(); W];
     let mut hi = [_mm512_setzero_ps(); W];
@@ -266,7 +346,7 @@ unsafe fn micro<const W: usize>(k: usize, a: *const f32, b: *const f32, c: *mut 
     for kk in 0..k {
         let a0 = _mm512_loadu_ps(a.add(kk * MR));
         let a1 = _mm512_loadu_ps(a.add(kk * MR + 16));
-        let bk = b.add(kk * W);
+        let bk = b.add(kk * ldb);
         for j in 0..W {
             let bj = _mm512_set1_ps(*bk.add(j));
             lo[j] = _mm512_fmadd_ps(a0, bj, lo[j]);
@@ -284,6 +364,37 @@ mod tests {
     use super::*;
     use crate::reference::matmul_naive;
     use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(40))]
+        /// The in-place-B product against the naive twin: partial channel panels, column
+        /// groups and B panels, a row stride past N, bias and each activation, serial and
+        /// parallel.
+        #[test]
+        fn b_in_place_matches_naive(m in 1usize..80, k in 1usize..300, n in 1usize..130, pad in 0usize..3, act in 0usize..3, par: bool, seed in 0u64..1000) {
+            if !available() {
+                return Ok(());
+            }
+            let mut s = seed;
+            let mut rnd = || { s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407); ((s >> 33) as f64 / (1u64 << 31) as f64) as f32 - 0.5 };
+            let ldb = n + pad;
+            let a: Vec<f32> = (0..m * k).map(|_| rnd()).collect();
+            let b: Vec<f32> = (0..(k - 1) * ldb + n).map(|_| rnd()).collect();
+            let bias: Vec<f32> = (0..m).map(|_| rnd()).collect();
+            let ep = [Epilogue::None, Epilogue::Relu, Epilogue::Clamp(-0.3, 0.4)][act];
+            let pa = PackedA::new(MatRef::row_major(&a, m, k));
+            let mut y = vec![f32::NAN; m * n];
+            gemm_bias_act_b_in_place(&pa, &b, ldb, n, Some(&bias), ep, &mut y, par);
+            let mut want = vec![0.0f64; m * n];
+            for i in 0..m {
+                for j in 0..n {
+                    want[i * n + j] = bias[i] as f64 + (0..k).map(|t| a[i * k + t] as f64 * b[t * ldb + j] as f64).sum::<f64>();
+                }
+            }
+            ep.apply(&mut want);
+            prop_assert!(crate::reference::max_abs_diff(&y, &want) < 1e-4);
+        }
+    }
 
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(60))]
