@@ -39,11 +39,15 @@ impl Loaded {
         match self {
             Loaded::Module(m) => with_no_grad(|| m.forward(x)),
             Loaded::Graph(g) => {
-                let name = g.inputs.first().map(|i| i.name.clone()).ok_or_else(|| Error::invalid("onnx", "the graph has no inputs"))?;
-                g.run(&[(name.as_str(), x.clone())])?.into_iter().next().ok_or_else(|| Error::invalid("onnx", "the graph has no outputs"))
+                g.run(&[(first_input(g)?, x.clone())])?.into_iter().next().ok_or_else(|| Error::invalid("onnx", "the graph has no outputs"))
             }
         }
     }
+}
+
+/// The name of the graph's first input, which a single-input model is fed by.
+fn first_input(g: &Graph) -> Result<&str> {
+    g.inputs.first().map(|i| i.name.as_str()).ok_or_else(|| Error::invalid("onnx", "the graph has no inputs"))
 }
 
 fn file_err(path: &Path, msg: impl Into<String>) -> Error {
@@ -246,10 +250,10 @@ pub fn bench_infer(
 /// Each node's median time over `iters` profiled runs of `g` on x (separate from the timed
 /// runs: reading the clock around every node costs a little).
 fn profile_graph(g: &Graph, x: &Tensor, iters: usize) -> Result<Vec<NodeTime>> {
-    let name = g.inputs.first().map(|i| i.name.clone()).ok_or_else(|| Error::invalid("onnx", "the graph has no inputs"))?;
+    let name = first_input(g)?;
     let runs = cnnkit::core::on_worker(|| -> Result<Vec<Vec<NodeTime>>> {
         let _recycle = cnnkit::core::recycle_buffers();
-        (0..iters.max(1)).map(|_| Ok(g.run_profiled(&[(name.as_str(), x.clone())])?.1)).collect()
+        (0..iters.max(1)).map(|_| Ok(g.run_profiled(&[(name, x.clone())])?.1)).collect()
     })?;
     let mut med = runs[0].clone();
     for (i, node) in med.iter_mut().enumerate() {

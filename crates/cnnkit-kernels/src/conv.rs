@@ -831,35 +831,11 @@ pub fn conv2d_backward_weight<T: Float>(g: &ConvGeom, x: &[T], gy: &[T], gw: &mu
                         }
                         MatRef { data: &cols[..kr * m], rows: m, cols: kr, rs: 1, cs: m as isize }
                     };
-                    if dot {
-                        // A: gy's rows for these pixels (in place for one image, else copied
-                        // side by side); B: cols (K, m), or the image itself for a 1×1 conv.
-                        let (ga, lda) = if chunk.len() == 1 {
-                            (&gy[(chunk[0] * g.c_out + grp * cog) * p + oy0 * ow..], p)
-                        } else {
-                            for (b, &i) in chunk.iter().enumerate() {
-                                for co in 0..cog {
-                                    let src = &gy[(i * g.c_out + grp * cog + co) * p..][..n];
-                                    gyb[co * m + b * n..co * m + (b + 1) * n].copy_from_slice(src);
-                                }
-                            }
-                            (&gyb[..cog * m], m)
-                        };
-                        let (xb, ldb) = if g.is_pointwise() && chunk.len() == 1 {
-                            (&x[chunk[0] * x_img + grp * x_grp + oy0 * ow..], p)
-                        } else {
-                            (&cols[..kr * m], m)
-                        };
-                        if dot_t {
-                            crate::dot::gemm_nt(kr, cog, m, xb, ldb, ga, lda, dst, cog, true, par);
-                        } else {
-                            crate::dot::gemm_nt(cog, kr, m, ga, lda, xb, ldb, dst, kr, true, par);
-                        }
-                    } else if chunk.len() == 1 {
+                    // gy's rows for these pixels (C_out/G, m): in place for one image, else
+                    // copied side by side.
+                    let gyv = if chunk.len() == 1 {
                         let i = chunk[0];
-                        let gyi =
-                            MatRef { data: &gy[(i * g.c_out + grp * cog) * p + oy0 * ow..], rows: cog, cols: n, rs: p as isize, cs: 1 };
-                        gemm_strided(gyi, cm, dst, 1, cog as isize, true, par);
+                        MatRef { data: &gy[(i * g.c_out + grp * cog) * p + oy0 * ow..], rows: cog, cols: n, rs: p as isize, cs: 1 }
                     } else {
                         for (b, &i) in chunk.iter().enumerate() {
                             for co in 0..cog {
@@ -867,7 +843,19 @@ pub fn conv2d_backward_weight<T: Float>(g: &ConvGeom, x: &[T], gy: &[T], gw: &mu
                                 gyb[co * m + b * n..co * m + (b + 1) * n].copy_from_slice(src);
                             }
                         }
-                        gemm_strided(MatRef::row_major(&gyb[..cog * m], cog, m), cm, dst, 1, cog as isize, true, par);
+                        MatRef::row_major(&gyb[..cog * m], cog, m)
+                    };
+                    if dot {
+                        // Both operands by their rows along the pixels: gy's (stride rs) and
+                        // cols' (the columns of cm, stride cs).
+                        let (ga, lda, xb, ldb) = (gyv.data, gyv.rs as usize, cm.data, cm.cs as usize);
+                        if dot_t {
+                            crate::dot::gemm_nt(kr, cog, m, xb, ldb, ga, lda, dst, cog, true, par);
+                        } else {
+                            crate::dot::gemm_nt(cog, kr, m, ga, lda, xb, ldb, dst, kr, true, par);
+                        }
+                    } else {
+                        gemm_strided(gyv, cm, dst, 1, cog as isize, true, par);
                     }
                 }
             }

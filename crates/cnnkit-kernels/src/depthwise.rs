@@ -301,11 +301,10 @@ unsafe fn row_taps<const S: usize>(r: *const f32, ox0: usize, mk: [u16; 4]) -> [
     if S == 1 {
         return [_mm512_maskz_loadu_ps(mk[0], at(c0 - 1)), _mm512_maskz_loadu_ps(mk[1], at(c0)), _mm512_maskz_loadu_ps(mk[2], at(c0 + 1))];
     }
-    let even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
-    let odd = _mm512_setr_epi32(1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
+    use crate::simd::stride2_lanes;
     let (u0, u1) = (_mm512_maskz_loadu_ps(mk[0], at(c0)), _mm512_maskz_loadu_ps(mk[1], at(c0 + 16)));
     let (v0, v1) = (_mm512_maskz_loadu_ps(mk[2], at(c0 - 1)), _mm512_maskz_loadu_ps(mk[3], at(c0 + 15)));
-    [_mm512_permutex2var_ps(v0, even, v1), _mm512_permutex2var_ps(u0, even, u1), _mm512_permutex2var_ps(u0, odd, u1)]
+    [stride2_lanes::<false>(v0, v1), stride2_lanes::<false>(u0, u1), stride2_lanes::<true>(u0, u1)]
 }
 
 /// The 3×3 pad-1 stride-S (1 or 2) plane kernels for f32 with AVX-512, bias and activation
@@ -559,19 +558,24 @@ fn backward_input_plane_3x3s2<T: Float>(h: usize, wd: usize, gy: &[T], w: &[T], 
     }
 }
 
-/// One 3×3/1 pad-1 plane, y = act(conv(x, w) + bias): the AVX-512 kernel for f32 where the
-/// CPU has it (activation included: returns true), else the auto-vectorised one (returns
-/// false: the caller applies the activation). x, y: (H, W); w: (3, 3).
-fn plane_3x3s1<T: Float>(h: usize, wd: usize, x: &[T], w: &[T], bias: T, ep: crate::conv::Epilogue, y: &mut [T]) -> bool {
+/// One 3×3 pad-1 stride-S (1 or 2) plane, y = act(conv(x, w) + bias): the AVX-512 kernel
+/// for f32 where the CPU has it (activation included: returns true), else the
+/// auto-vectorised one (returns false: the caller applies the activation). x: (H, W);
+/// w: (3, 3); y: ((H − 1)/S + 1, (W − 1)/S + 1).
+fn plane_3x3<T: Float, const S: usize>(h: usize, wd: usize, x: &[T], w: &[T], bias: T, ep: crate::conv::Epilogue, y: &mut [T]) -> bool {
     #[cfg(target_arch = "x86_64")]
     if let (true, Some(x32), Some(w32), Some(y32)) =
         (crate::packed::available(), crate::simd::as_f32(x), crate::simd::as_f32(w), crate::simd::as_f32_mut(y))
     {
         // SAFETY: AVX-512F was detected; the plane, filter and output have their sizes.
-        unsafe { forward_plane_3x3_avx512::<1>(h, wd, x32, w32, bias.to_f32().unwrap_or(0.0), ep, y32) };
+        unsafe { forward_plane_3x3_avx512::<S>(h, wd, x32, w32, bias.to_f32().unwrap_or(0.0), ep, y32) };
         return true;
     }
-    T::with_scratch(scratch_3x3s1(h, wd), |sc| forward_plane_3x3s1_best(h, wd, x, w, bias, y, sc));
+    if S == 1 {
+        T::with_scratch(scratch_3x3s1(h, wd), |sc| forward_plane_3x3s1_best(h, wd, x, w, bias, y, sc));
+    } else {
+        T::with_scratch(7 * wd.div_ceil(2), |sc| forward_plane_3x3s2_best(h, wd, x, w, bias, y, sc));
+    }
     false
 }
 
@@ -590,20 +594,13 @@ pub fn forward<T: Float>(g: &ConvGeom, x: &[T], w: &[T], b: Option<&[T]>, ep: cr
         let wk = &w[co * kk..(co + 1) * kk];
         let bias = b.map_or(T::zero(), |b| b[co]);
         if is_3x3_s1_p1(g) {
-            if plane_3x3s1(g.h, g.w, xp, wk, bias, ep, yp) {
+            if plane_3x3::<T, 1>(g.h, g.w, xp, wk, bias, ep, yp) {
                 return;
             }
         } else if is_3x3_s2_p1(g) {
-            #[cfg(target_arch = "x86_64")]
-            if let (true, Some(x32), Some(w32), Some(y32)) =
-                (crate::packed::available(), crate::simd::as_f32(xp), crate::simd::as_f32(wk), crate::simd::as_f32_mut(yp))
-            {
-                // SAFETY: AVX-512F was detected; the plane, filter and output have their sizes.
-                let b32 = bias.to_f32().unwrap_or(0.0);
-                unsafe { forward_plane_3x3_avx512::<2>(g.h, g.w, x32, w32, b32, ep, y32) };
+            if plane_3x3::<T, 2>(g.h, g.w, xp, wk, bias, ep, yp) {
                 return;
             }
-            T::with_scratch(7 * ow, |sc| forward_plane_3x3s2_best(g.h, g.w, xp, wk, bias, yp, sc));
         } else {
             // Baseline ISA on purpose (measured): acc_taps' 4×-unrolled AVX2 loops leave most
             // of a short row to the scalar epilogue and ran ~30% slower than SSE2 on 56-wide rows.
@@ -669,7 +666,7 @@ pub fn backward_input<T: Float>(g: &ConvGeom, gy: &[T], w: &[T], gx: &mut [T]) {
             // The input gradient of a 3×3/1 pad-1 conv is the same conv of gy with the kernel
             // rotated 180°: reuse the register-blocked forward plane (it overwrites gxp).
             let flipped: [T; 9] = std::array::from_fn(|k| wk[8 - k]);
-            plane_3x3s1(g.h, g.w, gyp, &flipped, T::zero(), crate::conv::Epilogue::None, gxp);
+            plane_3x3::<T, 1>(g.h, g.w, gyp, &flipped, T::zero(), crate::conv::Epilogue::None, gxp);
             return;
         }
         if m == 1 && is_3x3_s2_p1(g) {
@@ -859,7 +856,7 @@ pub fn backward_weight<T: Float>(g: &ConvGeom, x: &[T], gy: &[T], gw: &mut [T]) 
         (backward_weight_plane_best, scratch)
     };
     #[cfg(target_arch = "x86_64")]
-    let fast = (is_3x3_s1_p1(g) || is_3x3_s2_p1(g)) && crate::packed::available() && crate::simd::as_f32(x).is_some();
+    let fast = (is_3x3_s1_p1(g) || is_3x3_s2_p1(g)) && crate::packed::available();
     let chan = |co: usize, gwc: &mut [T]| {
         gwc.iter_mut().for_each(|v| *v = T::zero());
         #[cfg(target_arch = "x86_64")]

@@ -72,7 +72,6 @@ unsafe fn row(g: &ConvGeom, x: &[f32], w: &[f32], b: Option<&[f32]>, ep: Epilogu
     let (lo, hi) = ep.bounds::<f32>();
     let (vlo, vhi) = (_mm512_set1_ps(lo), _mm512_set1_ps(hi));
     let clamp = ep != Epilogue::None;
-    let even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
     for ox0 in (0..ow).step_by(16) {
         let l = (ow - ox0).min(16);
         // The taps: taps[t·16 + j] = x[ci][2·oy + ky − ph][2·(ox0 + j) + kx − pw], t = (ci, ky, kx).
@@ -96,7 +95,7 @@ unsafe fn row(g: &ConvGeom, x: &[f32], w: &[f32], b: Option<&[f32]>, ep: Epilogu
                     // SAFETY: masked-off lanes are not read; the read lanes lie in row iy.
                     let a = _mm512_maskz_loadu_ps(ma, r.wrapping_offset(c0));
                     let b = _mm512_maskz_loadu_ps(mb, r.wrapping_offset(c0 + 16));
-                    let v = _mm512_permutex2var_ps(a, even, b);
+                    let v = crate::simd::stride2_lanes::<false>(a, b);
                     _mm512_storeu_ps(taps.as_mut_ptr().add((t0 + kx) * 16), v);
                 }
             }

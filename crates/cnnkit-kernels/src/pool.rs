@@ -259,8 +259,6 @@ unsafe fn max_pool_plane_3x3s2_avx512(g: &PoolGeom, oh: usize, ow: usize, x: &[f
     use std::arch::x86_64::*;
     debug_assert!(x.len() >= g.h * g.w && y.len() >= oh * ow);
     let ninf = _mm512_set1_ps(f32::NEG_INFINITY);
-    let even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
-    let odd = _mm512_setr_epi32(1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
     // PyTorch's rule: a larger value or a NaN takes over (so NaN propagates).
     let take = |m: __m512, v: __m512| {
         let k = _mm512_cmp_ps_mask::<_CMP_GT_OQ>(v, m) | _mm512_cmp_ps_mask::<_CMP_UNORD_Q>(v, v);
@@ -283,9 +281,10 @@ unsafe fn max_pool_plane_3x3s2_avx512(g: &PoolGeom, oh: usize, ow: usize, x: &[f
                 let a1 = _mm512_mask_loadu_ps(ninf, ma1, r.wrapping_offset(c0 + 16));
                 let b0 = _mm512_mask_loadu_ps(ninf, mb0, r.wrapping_offset(c0 + 1));
                 let b1 = _mm512_mask_loadu_ps(ninf, mb1, r.wrapping_offset(c0 + 17));
-                m = take(m, _mm512_permutex2var_ps(a0, even, a1));
-                m = take(m, _mm512_permutex2var_ps(a0, odd, a1));
-                m = take(m, _mm512_permutex2var_ps(b0, odd, b1));
+                use crate::simd::stride2_lanes;
+                m = take(m, stride2_lanes::<false>(a0, a1));
+                m = take(m, stride2_lanes::<true>(a0, a1));
+                m = take(m, stride2_lanes::<true>(b0, b1));
             }
             _mm512_mask_storeu_ps(y.as_mut_ptr().add(oy * ow + ox0), ((1u32 << l) - 1) as __mmask16, m);
         }

@@ -273,6 +273,27 @@ pub(crate) unsafe fn clamp_ps(
     _mm512_mask_blend_ps(_mm512_cmp_ps_mask::<_CMP_GT_OQ>(v, hi), v, hi)
 }
 
+/// Columns 0, 2, …, 30 (`ODD` false) or 1, 3, …, 31 (`ODD` true) of the 32 consecutive
+/// values lo ++ hi: a stride-2 row split into its even and odd columns.
+///
+/// # Safety
+/// The CPU supports AVX-512F.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+#[inline]
+pub(crate) unsafe fn stride2_lanes<const ODD: bool>(
+    lo: std::arch::x86_64::__m512,
+    hi: std::arch::x86_64::__m512,
+) -> std::arch::x86_64::__m512 {
+    use std::arch::x86_64::*;
+    let idx = if ODD {
+        _mm512_setr_epi32(1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31)
+    } else {
+        _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30)
+    };
+    _mm512_permutex2var_ps(lo, idx, hi)
+}
+
 /// `x` as &mut [f32] when T is f32.
 pub(crate) fn as_f32_mut<T: 'static>(x: &mut [T]) -> Option<&mut [f32]> {
     if std::any::TypeId::of::<T>() == std::any::TypeId::of::<f32>() {
