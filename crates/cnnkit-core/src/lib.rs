@@ -9,6 +9,7 @@ pub mod custom;
 pub mod dtype;
 pub mod elementwise;
 pub mod error;
+pub mod fused;
 pub mod grad_mode;
 pub mod gradcheck;
 pub mod layout;

@@ -300,7 +300,7 @@ thread_local! {
 /// A per-thread buffer of `len` floats (contents unspecified) apart from `Float::with_scratch`
 /// and `with_aux_scratch`, one of which the calling thread holds (for packed B: the conv's
 /// scratch, or Winograd's aux) while it may run panels itself.
-fn with_local<R>(len: usize, f: impl FnOnce(&mut [f32]) -> R) -> R {
+pub(crate) fn with_local<R>(len: usize, f: impl FnOnce(&mut [f32]) -> R) -> R {
     crate::with_buffer(&LOCAL, len, f)
 }
 

@@ -67,3 +67,30 @@ graph_tests!(
     shufflenet_v2_x0_5 => "shufflenet_v2_x0_5", squeezenet1_1 => "squeezenet1_1", efficientnet_b0 => "efficientnet_b0",
     densenet121 => "densenet121",
 );
+
+/// MobileNetV2's and ShuffleNetV2's blocks run as one fused kernel in the planned graph
+/// (`cnnkit_kernels::fused`) where their planes allow, and compute what the unfused graph
+/// computes. At 128×128 input the blocks whose output plane has ≥ 196 pixels fuse: MobileNetV2's
+/// six on 64², 32² and 16² planes; ShuffleNetV2's stage-2 branches (pw → dw → pw, and the
+/// downsampling unit's dw → pw) on 16² planes. The 8×8 and 4×4 blocks run node by node.
+#[test]
+fn inverted_residual_blocks_run_fused() {
+    for (name, fused) in [("mobilenet_v2", 6), ("shufflenet_v2_x0_5", 5)] {
+        cnnkit_core::manual_seed(4);
+        let model = cnnkit_models::build(name, 3, 128, 128, 10).unwrap();
+        model.eval();
+        let graph = module_to_graph(model.as_ref(), &[None, Some(3), Some(128), Some(128)]).unwrap();
+        let planned = cnnkit_nn::graph::optimize_for_inference(&graph).unwrap();
+        for n in [1, 2] {
+            let x = cnnkit_core::Tensor::randn(&[n, 3, 128, 128], cnnkit_core::DType::F32);
+            let want = graph.run(&[("input", x.clone())]).unwrap().remove(0);
+            let (got, times) = planned.run_profiled(&[("input", x)]).unwrap();
+            let err = rel_err(&got[0], &want);
+            assert!(err <= 1e-5, "{name} (batch {n}): fused blocks differ by {err:.2e}");
+            let blocks = times.iter().filter(|t| t.op == "InvertedResidual").count();
+            if cnnkit_kernels::fused::available() {
+                assert_eq!(blocks, fused, "{name}: fused blocks: {times:?}");
+            }
+        }
+    }
+}

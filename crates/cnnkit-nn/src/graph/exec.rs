@@ -83,22 +83,41 @@ impl Graph {
             }
         }
         let fused = self.fusable_activations();
-        let mut skip = false;
+        let blocks = super::fuse::inverted_residual_blocks(self, &fused);
+        // Nodes before `next` were run with an earlier one (a fused activation or block).
+        let mut next = 0;
         for (i, node) in self.nodes.iter().enumerate() {
-            if std::mem::take(&mut skip) {
+            if i < next {
                 continue;
             }
             let started = profile.is_some().then(std::time::Instant::now);
+            let value = |v: &str| env.get(v).or_else(|| self.initializers.get(v));
+            if let Some(b) = &blocks[i] {
+                if let Some((y, detail)) = self.run_block(b, &value).map_err(|e| node_error(node, e))? {
+                    if let (Some(p), Some(t0)) = (profile.as_deref_mut(), started) {
+                        let ms = t0.elapsed().as_secs_f64() * 1e3;
+                        p.push(NodeTime { name: node.name.clone(), op: "InvertedResidual", detail, fused: None, ms });
+                    }
+                    env.insert(b.output.as_str(), y);
+                    for v in self.nodes[i..b.end].iter().flat_map(|n| &n.inputs) {
+                        if last_use.get(v.as_str()).is_some_and(|&u| u < b.end) && !self.outputs.contains(v) {
+                            env.remove(v.as_str());
+                        }
+                    }
+                    next = b.end;
+                    continue;
+                }
+            }
             let mut args = Vec::with_capacity(node.inputs.len());
             for v in &node.inputs {
                 if v.is_empty() {
                     args.push(None);
                     continue;
                 }
-                let t = env.get(v.as_str()).or_else(|| self.initializers.get(v));
-                let t = t.ok_or_else(|| node_error(node, E(format!("input '{v}' is not defined before this node"))))?;
+                let t = value(v).ok_or_else(|| node_error(node, E(format!("input '{v}' is not defined before this node"))))?;
                 args.push(Some(t.clone()));
             }
+            let mut skip = false;
             // A fused activation (see fusable_activations) names its output after the next
             // node, which is then skipped. Conv runs it in the convolution's epilogue, a float
             // Add in its single pass; other producers apply it in place on their fresh output.
@@ -133,6 +152,7 @@ impl Graph {
                 };
                 p.push(NodeTime { name: node.name.clone(), op: node.op.name(), detail, fused, ms: t0.elapsed().as_secs_f64() * 1e3 });
             }
+            next = i + 1 + usize::from(skip);
             let names = if skip { &self.nodes[i + 1].outputs } else { &node.outputs };
             for (name, t) in names.iter().zip(outs) {
                 if !name.is_empty() {
@@ -154,6 +174,44 @@ impl Graph {
                     .ok_or_else(|| super::graph_err(format!("graph output '{o}' was not computed")))
             })
             .collect()
+    }
+}
+
+impl Graph {
+    /// Runs a matched inverted residual block as one kernel: its output and the profile's
+    /// detail "C_in→C_mid→C_out sS", or None when the kernel does not take these operands
+    /// (the caller then runs the nodes one by one).
+    fn run_block<'a>(&self, b: &super::fuse::BlockPlan, value: &impl Fn(&str) -> Option<&'a Tensor>) -> R<Option<(Tensor, String)>> {
+        use cnnkit_core::fused::{inverted_residual, FusedConv, InvertedResidualArgs};
+        let input = |node: usize, k: usize| -> Option<&'a Tensor> { value(self.nodes[node].inputs.get(k).filter(|v| !v.is_empty())?) };
+        let conv = |u: super::fuse::ConvUnit| -> Option<FusedConv<'a>> {
+            let b = match self.nodes[u.node].inputs.get(2).filter(|v| !v.is_empty()) {
+                Some(_) => Some(input(u.node, 2)?),
+                None => None,
+            };
+            Some(FusedConv { w: input(u.node, 1)?, b, ep: u.ep })
+        };
+        let first = b.expand.map_or(b.dw.node, |u| u.node);
+        let (Some(x), Some(dw), Some(project)) = (input(first, 0), conv(b.dw), conv(b.project)) else { return Ok(None) };
+        let expand = match b.expand {
+            Some(u) => match conv(u) {
+                Some(c) => Some(c),
+                None => return Ok(None),
+            },
+            None => None,
+        };
+        let residual = match b.add {
+            Some((a, r, _)) => match input(a, r) {
+                Some(t) => Some(t),
+                None => return Ok(None),
+            },
+            None => None,
+        };
+        let after = b.add.map_or(Epilogue::None, |(_, _, ep)| ep);
+        let args = InvertedResidualArgs { expand, dw, stride: b.stride, project, residual, after };
+        let Some(y) = inverted_residual(x, &args)? else { return Ok(None) };
+        let detail = format!("{}→{}→{} s{}", x.shape()[1], dw.w.shape()[0], project.w.shape()[0], b.stride);
+        Ok(Some((y, detail)))
     }
 }
 

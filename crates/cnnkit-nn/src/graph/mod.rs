@@ -7,6 +7,7 @@
 mod builder;
 mod exec;
 mod exec_shape;
+mod fuse;
 mod plan;
 mod shape;
 
@@ -37,9 +38,11 @@ pub struct Node {
 pub struct NodeTime {
     /// The node's name (may be empty in imported graphs).
     pub name: String,
-    /// Its operator, as ONNX names it ("Conv", "Relu", …).
+    /// Its operator, as ONNX names it ("Conv", "Relu", …), or "InvertedResidual" for a
+    /// MobileNetV2 block run as one fused kernel (named after its first node).
     pub op: &'static str,
-    /// For convolutions, "C_in→C_out KH×KW sS gG"; empty otherwise.
+    /// For convolutions, "C_in→C_out KH×KW sS gG"; for a fused block "C_in→C_mid→C_out sS";
+    /// empty otherwise.
     pub detail: String,
     /// The activation run in its epilogue, when the next node was fused into it.
     pub fused: Option<&'static str>,

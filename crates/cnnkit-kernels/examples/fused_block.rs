@@ -1,0 +1,114 @@
+//! Times MobileNetV2's inverted residual blocks at batch 1, layer by layer against the fused
+//! kernel (`cnnkit_kernels::fused`).
+//! Run: cargo run --release -p cnnkit-kernels --example fused_block [ITERS]
+use cnnkit_kernels::conv::{conv2d_forward_ep, ConvGeom, Epilogue};
+use cnnkit_kernels::fused::{forward, InvertedResidual, Pointwise};
+use std::time::Instant;
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[v.len() / 2]
+}
+
+fn main() {
+    let iters: usize = std::env::args().nth(1).and_then(|s| s.parse().ok()).unwrap_or(200);
+    // (C_in, expansion, C_out, H, stride)
+    let blocks = [
+        (32, 1, 16, 112, 1),
+        (16, 6, 24, 112, 2),
+        (24, 6, 24, 56, 1),
+        (24, 6, 32, 56, 2),
+        (32, 6, 32, 28, 1),
+        (32, 6, 64, 28, 2),
+        (64, 6, 64, 14, 1),
+        (64, 6, 96, 14, 1),
+        (96, 6, 96, 14, 1),
+        (96, 6, 160, 14, 2),
+        (160, 6, 160, 7, 1),
+        (160, 6, 320, 7, 1),
+    ];
+    let relu6 = Epilogue::Clamp(0.0, 6.0);
+    for (c_in, t, c_out, h, s) in blocks {
+        let c_mid = c_in * t;
+        let r = |n: usize| (0..n).map(|i| ((i * 7919 % 1000) as f32 / 1000.0 - 0.5) * 0.2).collect::<Vec<f32>>();
+        let (x, ew, eb, dw, db, pw, pb) = (r(c_in * h * h), r(c_mid * c_in), r(c_mid), r(c_mid * 9), r(c_mid), r(c_out * c_mid), r(c_out));
+        let residual = s == 1 && c_in == c_out;
+        let blk = InvertedResidual {
+            c_in,
+            c_mid,
+            c_out,
+            h,
+            w: h,
+            expand: (t > 1).then_some(Pointwise { w: &ew, b: Some(&eb), ep: relu6 }),
+            dw_w: &dw,
+            dw_b: Some(&db),
+            dw_ep: relu6,
+            stride: s,
+            project: Pointwise { w: &pw, b: Some(&pb), ep: Epilogue::None },
+            after: Epilogue::None,
+        };
+        let oh = (h - 1) / s + 1;
+        let res = r(c_out * oh * oh);
+        let pwg = |ci, co, hh| ConvGeom {
+            n: 1,
+            c_in: ci,
+            c_out: co,
+            h: hh,
+            w: hh,
+            kh: 1,
+            kw: 1,
+            stride: (1, 1),
+            padding: (0, 0),
+            dilation: (1, 1),
+            groups: 1,
+        };
+        let dg = ConvGeom {
+            n: 1,
+            c_in: c_mid,
+            c_out: c_mid,
+            h,
+            w: h,
+            kh: 3,
+            kw: 3,
+            stride: (s, s),
+            padding: (1, 1),
+            dilation: (1, 1),
+            groups: c_mid,
+        };
+        let mut mid = vec![0.0f32; c_mid * h * h];
+        let mut d = vec![0.0f32; c_mid * oh * oh];
+        let mut y = vec![0.0f32; c_out * oh * oh];
+        let mut layers = || {
+            let m: &[f32] = if t > 1 {
+                conv2d_forward_ep(&pwg(c_in, c_mid, h), &x, &ew, Some(&eb), relu6, &mut mid);
+                &mid
+            } else {
+                &x
+            };
+            conv2d_forward_ep(&dg, m, &dw, Some(&db), relu6, &mut d);
+            conv2d_forward_ep(&pwg(c_mid, c_out, oh), &d, &pw, Some(&pb), Epilogue::None, &mut y);
+            if residual {
+                y.iter_mut().zip(&res).for_each(|(v, q)| *v += q);
+            }
+        };
+        let mut tl = vec![];
+        let mut tf = vec![];
+        let mut yf = vec![0.0f32; c_out * oh * oh];
+        for _ in 0..iters {
+            let t0 = Instant::now();
+            layers();
+            tl.push(t0.elapsed().as_secs_f64() * 1e3);
+            let t0 = Instant::now();
+            if blk.applies() {
+                forward(&blk, 1, &x, residual.then_some(&res[..]), &mut yf);
+            }
+            tf.push(t0.elapsed().as_secs_f64() * 1e3);
+        }
+        println!(
+            "{c_in:>3}→{c_mid:>3}→{c_out:>3} @{h:>3} s{s}: layers {:.3} ms, fused {:.3} ms{}",
+            median(tl),
+            median(tf),
+            if blk.applies() { "" } else { " (not applicable)" }
+        );
+    }
+}

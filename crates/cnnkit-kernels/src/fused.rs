@@ -1,0 +1,364 @@
+//! Inference: MobileNetV2's inverted residual block — 1×1 expand, 3×3 depthwise, 1×1 project,
+//! optional residual add — run as one kernel over strips of output rows.
+//!
+//! Run layer by layer, the block writes its expanded activation (6× the input's channels) to
+//! memory and reads it back twice: at 112×112 that is 4.8 MB per pass, and the layers of the
+//! first blocks ran at 35–100 GFLOP/s on two threads against 150–175 for the same GEMMs on
+//! 14×14 planes. Here each thread walks a range of output rows in strips sized to stay in L2:
+//! it expands only the input rows the strip's depthwise taps need (rows shared with the
+//! previous strip are kept in a rolling window, not recomputed), runs the depthwise layer on
+//! that window, and projects the strip straight into the output, adding bias, residual and
+//! activations on the way. Only the block's input and output touch memory.
+//!
+//! f32 with AVX-512 (the depthwise strip kernel); [`InvertedResidual::applies`] says when.
+
+use crate::conv::{Epilogue, SyncPtr};
+use rayon::prelude::*;
+
+/// A 1×1 convolution's parameters. w: (C_out, C_in); b: (C_out).
+#[derive(Clone, Copy, Debug)]
+pub struct Pointwise<'a> {
+    pub w: &'a [f32],
+    pub b: Option<&'a [f32]>,
+    pub ep: Epilogue,
+}
+
+/// The block: y = after(ep_p(project(dw(expand(x)))) + residual), each layer with its bias and
+/// activation. x: (N, C_in, H, W); y and the residual: (N, C_out, OH, OW).
+#[derive(Clone, Copy, Debug)]
+pub struct InvertedResidual<'a> {
+    pub c_in: usize,
+    pub c_mid: usize,
+    pub c_out: usize,
+    pub h: usize,
+    pub w: usize,
+    /// (C_mid, C_in); None when the block has no expansion (C_mid = C_in).
+    pub expand: Option<Pointwise<'a>>,
+    /// The depthwise 3×3 pad-1 filters, (C_mid, 1, 3, 3), with bias (C_mid) and activation.
+    pub dw_w: &'a [f32],
+    pub dw_b: Option<&'a [f32]>,
+    pub dw_ep: Epilogue,
+    /// 1 or 2.
+    pub stride: usize,
+    /// (C_out, C_mid).
+    pub project: Pointwise<'a>,
+    /// The activation after the residual add (None without a residual).
+    pub after: Epilogue,
+}
+
+/// Fewest output pixels per image, and most expanded channels, for the fused block. Measured
+/// on two threads against the layers run one by one (`examples/fused_block.rs`), MobileNetV2's
+/// blocks gain down to 14×14 with 384 expanded channels (64→384→64: 0.144 → 0.130 ms) but
+/// lose from 576 (96→576→96 at 14×14: 0.30 → 0.43 ms; 160→960→160 at 7×7: 0.24 → 0.38):
+/// a strip of a few 14-pixel rows is a narrow product with a long K, where the layer-wise
+/// kernels see the whole plane.
+pub const MIN_OUT_PIXELS: usize = 14 * 14;
+pub const MAX_MID_CHANNELS: usize = 384;
+
+/// Floats of L2 a strip's window and depthwise output may take (512 KiB of Zen 4's 1 MiB).
+const STRIP_FLOATS: usize = 128 << 10;
+
+/// True when the CPU runs the fused kernel (AVX-512F).
+pub fn available() -> bool {
+    crate::packed::available()
+}
+
+impl InvertedResidual<'_> {
+    /// The output plane (OH, OW).
+    pub fn out_hw(&self) -> (usize, usize) {
+        ((self.h - 1) / self.stride + 1, (self.w - 1) / self.stride + 1)
+    }
+
+    /// True when [`forward`] runs this block: stride 1 or 2, an output plane of at least
+    /// [`MIN_OUT_PIXELS`], at most [`MAX_MID_CHANNELS`] expanded channels, operands of the
+    /// stated sizes, on a CPU with AVX-512.
+    pub fn applies(&self) -> bool {
+        let (oh, ow) = if self.h > 0 && self.w > 0 && self.stride > 0 { self.out_hw() } else { (0, 0) };
+        let sized = |p: &Pointwise, m: usize, k: usize| p.w.len() == m * k && p.b.is_none_or(|b| b.len() == m);
+        let expand_ok = match &self.expand {
+            Some(e) => sized(e, self.c_mid, self.c_in),
+            None => self.c_mid == self.c_in,
+        };
+        (self.stride == 1 || self.stride == 2)
+            && oh * ow >= MIN_OUT_PIXELS
+            && self.c_in > 0
+            && self.c_mid > 0
+            && self.c_mid <= MAX_MID_CHANNELS
+            && self.c_out > 0
+            && expand_ok
+            && self.dw_w.len() == self.c_mid * 9
+            && self.dw_b.is_none_or(|b| b.len() == self.c_mid)
+            && sized(&self.project, self.c_out, self.c_mid)
+            && available()
+    }
+
+    /// Output rows per strip: the rolling window ((R − 1)·S + 3 expanded rows) and the strip's
+    /// depthwise output (R rows) within [`STRIP_FLOATS`].
+    fn strip_rows(&self) -> usize {
+        let (_, ow) = self.out_hw();
+        let per_row = self.c_mid * (self.stride * self.w + ow);
+        let fixed = self.c_mid * 3 * self.w;
+        (STRIP_FLOATS.saturating_sub(fixed) / per_row.max(1)).max(1)
+    }
+}
+
+/// Runs the block on `n` images. x: (N, C_in, H, W); residual: (N, C_out, OH, OW) when the
+/// block adds one; y: (N, C_out, OH, OW) (overwritten). Each image's output rows split into
+/// one contiguous range per thread (fewer ranges per image when the batch is larger), so a
+/// range's strips share their window and only range boundaries expand rows twice.
+/// Panics unless [`InvertedResidual::applies`] and the slices have those sizes.
+pub fn forward(blk: &InvertedResidual, n: usize, x: &[f32], residual: Option<&[f32]>, y: &mut [f32]) {
+    assert!(blk.applies(), "fused inverted residual: unsupported block");
+    let (oh, ow) = blk.out_hw();
+    let (x_img, y_img) = (blk.c_in * blk.h * blk.w, blk.c_out * oh * ow);
+    assert!(x.len() >= n * x_img && y.len() >= n * y_img && residual.is_none_or(|r| r.len() >= n * y_img));
+    let t = crate::num_threads();
+    let ranges = t.div_ceil(n.max(1)).min(oh).max(1);
+    let per = oh.div_ceil(ranges);
+    let yp = SyncPtr(y.as_mut_ptr());
+    let run = |u: usize| {
+        let (i, r) = (u / ranges, u % ranges);
+        let (o0, o1) = (r * per, ((r + 1) * per).min(oh));
+        if o0 >= o1 {
+            return;
+        }
+        let xi = &x[i * x_img..][..x_img];
+        let res = residual.map(|r| &r[i * y_img..][..y_img]);
+        // SAFETY: image i's output rows o0 .. o1 (in every channel) are written by this unit
+        // only; y holds n images (asserted above).
+        unsafe { rows(blk, xi, res, yp.get().add(i * y_img), o0..o1) };
+    };
+    let units = n * ranges;
+    if t > 1 && units > 1 {
+        (0..units).into_par_iter().for_each(run);
+    } else {
+        (0..units).for_each(run);
+    }
+}
+
+/// Output rows `out_rows` of one image, strip by strip. x: (C_in, H, W); residual and y:
+/// (C_out, OH, OW).
+///
+/// # Safety
+/// `y` points at the image's output; rows `out_rows` of every channel are not accessed by
+/// anyone else during the call. The CPU supports AVX-512F.
+unsafe fn rows(blk: &InvertedResidual, x: &[f32], residual: Option<&[f32]>, y: *mut f32, out_rows: std::ops::Range<usize>) {
+    let (h, wd, s) = (blk.h, blk.w, blk.stride);
+    let (oh, ow) = blk.out_hw();
+    let (c_mid, plane, oplane) = (blk.c_mid, h * wd, oh * ow);
+    let r_max = blk.strip_rows().min(out_rows.len());
+    // Window capacity in rows: a strip of R output rows reads (R − 1)·S + 3 input rows.
+    let cap = (r_max - 1) * s + 3;
+    let window_len = if blk.expand.is_some() { c_mid * cap * wd } else { 0 };
+    crate::packed::with_local(window_len + c_mid * r_max * ow, |buf| {
+        let (win, dwo) = buf.split_at_mut(window_len);
+        // Expanded rows e_lo .. e_hi are held in the window, row e at win[c·cap·W + (e − e_lo)·W].
+        let (mut e_lo, mut e_hi) = (0usize, 0usize);
+        for o0 in out_rows.clone().step_by(r_max) {
+            let o1 = (o0 + r_max).min(out_rows.end);
+            // Input rows the strip's taps read: S·o0 − 1 ..= S·(o1 − 1) + 1, inside the plane.
+            let (lo, hi) = ((s * o0).saturating_sub(1), (s * (o1 - 1) + 2).min(h));
+            // The strip's depthwise input: channel c's rows from `lo`, `ld` floats apart.
+            let (src, ld): (*const f32, usize) = match &blk.expand {
+                None => (x.as_ptr().add(lo * wd), plane),
+                Some(e) => {
+                    if e_hi <= lo || e_lo > lo {
+                        // Nothing kept is needed (the first strip, or a stride-2 gap).
+                        (e_lo, e_hi) = (lo, lo);
+                    } else if e_lo < lo {
+                        // Keep rows lo .. e_hi: move them to the window's start.
+                        let (from, keep) = ((lo - e_lo) * wd, (e_hi - lo) * wd);
+                        for c in 0..c_mid {
+                            win.copy_within(c * cap * wd + from..c * cap * wd + from + keep, c * cap * wd);
+                        }
+                        e_lo = lo;
+                    }
+                    if hi > e_hi {
+                        let cols = (hi - e_hi) * wd;
+                        // SAFETY: row c of the product lands in channel c's window rows
+                        // e_hi .. hi (cap·W apart), inside the window (hi − e_lo ≤ cap); B's
+                        // rows are the input planes' rows e_hi .. hi.
+                        crate::pointwise::run(&crate::pointwise::Operands {
+                            m: c_mid,
+                            n: cols,
+                            k: blk.c_in,
+                            a: e.w.as_ptr(),
+                            b: x.as_ptr().add(e_hi * wd),
+                            ldb: plane,
+                            bias: e.b.map(|b| b.as_ptr()),
+                            ep: e.ep,
+                            residual: None,
+                            after: Epilogue::None,
+                            y: win.as_mut_ptr().add((e_hi - e_lo) * wd),
+                            ldy: cap * wd,
+                        });
+                        e_hi = hi;
+                    }
+                    (win.as_ptr(), cap * wd)
+                }
+            };
+            // Depthwise: channel c's strip into dwo[c·n ..], n = (o1 − o0)·OW.
+            let n = (o1 - o0) * ow;
+            for c in 0..c_mid {
+                let wk = &blk.dw_w[c * 9..][..9];
+                let bias = blk.dw_b.map_or(0.0, |b| b[c]);
+                let (xr, yr) = (src.add(c * ld), dwo.as_mut_ptr().add(c * n));
+                // SAFETY: the window holds rows lo .. hi of channel c from xr (see above), the
+                // rows the strip's taps read; dwo holds C_mid·n floats.
+                if s == 1 {
+                    crate::depthwise::forward_rows_3x3_avx512::<1>(h, wd, xr, lo, o0..o1, wk, bias, blk.dw_ep, yr);
+                } else {
+                    crate::depthwise::forward_rows_3x3_avx512::<2>(h, wd, xr, lo, o0..o1, wk, bias, blk.dw_ep, yr);
+                }
+            }
+            // Project the strip into y's rows o0 .. o1, then bias, activation, residual.
+            let p = &blk.project;
+            // SAFETY: y's rows o0 .. o1 of every channel are this call's (see the contract);
+            // dwo holds the strip's (C_mid, n) depthwise output.
+            crate::pointwise::run(&crate::pointwise::Operands {
+                m: blk.c_out,
+                n,
+                k: c_mid,
+                a: p.w.as_ptr(),
+                b: dwo.as_ptr(),
+                ldb: n,
+                bias: p.b.map(|b| b.as_ptr()),
+                ep: p.ep,
+                residual: residual.map(|r| (r[o0 * ow..].as_ptr(), oplane)),
+                after: blk.after,
+                y: y.add(o0 * ow),
+                ldy: oplane,
+            });
+        }
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::conv::{conv2d_forward_ep, ConvGeom};
+    use proptest::prelude::*;
+
+    fn rand_vec(n: usize, seed: &mut u64) -> Vec<f32> {
+        (0..n)
+            .map(|_| {
+                *seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                ((*seed >> 33) as f32 / (1u64 << 31) as f32) - 0.5
+            })
+            .collect()
+    }
+
+    /// The block layer by layer with the unfused convolution kernels.
+    fn unfused(blk: &InvertedResidual, n: usize, x: &[f32], residual: Option<&[f32]>) -> Vec<f32> {
+        let (h, w) = (blk.h, blk.w);
+        let (oh, ow) = blk.out_hw();
+        let pw =
+            |c_in, c_out| ConvGeom { n, c_in, c_out, h, w, kh: 1, kw: 1, stride: (1, 1), padding: (0, 0), dilation: (1, 1), groups: 1 };
+        let mid = match &blk.expand {
+            Some(e) => {
+                let mut m = vec![0.0; n * blk.c_mid * h * w];
+                conv2d_forward_ep(&pw(blk.c_in, blk.c_mid), x, e.w, e.b, e.ep, &mut m);
+                m
+            }
+            None => x.to_vec(),
+        };
+        let dg = ConvGeom {
+            n,
+            c_in: blk.c_mid,
+            c_out: blk.c_mid,
+            h,
+            w,
+            kh: 3,
+            kw: 3,
+            stride: (blk.stride, blk.stride),
+            padding: (1, 1),
+            dilation: (1, 1),
+            groups: blk.c_mid,
+        };
+        let mut d = crate::reference::conv2d_naive(&dg, &mid, blk.dw_w, blk.dw_b);
+        blk.dw_ep.apply(&mut d);
+        let mut y = vec![0.0; n * blk.c_out * oh * ow];
+        let pg = ConvGeom { h: oh, w: ow, ..pw(blk.c_mid, blk.c_out) };
+        conv2d_forward_ep(&pg, &d, blk.project.w, blk.project.b, blk.project.ep, &mut y);
+        if let Some(r) = residual {
+            y.iter_mut().zip(r).for_each(|(v, &q)| *v += q);
+            blk.after.apply(&mut y);
+        }
+        y
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(24))]
+        /// The fused block against the layers run one by one: strips of every size, a window
+        /// kept across strips at stride 1 and 2, ranges split over threads and images.
+        #[test]
+        fn fused_block_matches_layers(
+            n in 1usize..3, c_in in 1usize..20, t in 1usize..4, c_out in 1usize..20,
+            h in 14usize..60, w in 14usize..60, stride in 1usize..3, expand in any::<bool>(),
+            residual in any::<bool>(), acts in 0usize..3, seed in 0u64..10_000,
+        ) {
+            prop_assume!(crate::packed::available());
+            let c_mid = if expand { c_in * t } else { c_in };
+            let stride = if residual { 1 } else { stride };
+            let c_out = if residual { c_in } else { c_out };
+            let mut sd = seed;
+            let (xw, ew, eb) = (rand_vec(n * c_in * h * w, &mut sd), rand_vec(c_mid * c_in, &mut sd), rand_vec(c_mid, &mut sd));
+            let (dw, db) = (rand_vec(c_mid * 9, &mut sd), rand_vec(c_mid, &mut sd));
+            let (pw, pb) = (rand_vec(c_out * c_mid, &mut sd), rand_vec(c_out, &mut sd));
+            let ep = [Epilogue::None, Epilogue::Relu, Epilogue::Clamp(0.0, 6.0)][acts];
+            let blk = InvertedResidual {
+                c_in, c_mid, c_out, h, w,
+                expand: expand.then_some(Pointwise { w: &ew, b: Some(&eb), ep }),
+                dw_w: &dw, dw_b: Some(&db), dw_ep: ep, stride,
+                project: Pointwise { w: &pw, b: Some(&pb), ep: Epilogue::None },
+                after: if residual { ep } else { Epilogue::None },
+            };
+            prop_assume!(blk.applies());
+            let (oh, ow) = blk.out_hw();
+            let res = residual.then(|| rand_vec(n * c_out * oh * ow, &mut sd));
+            let want = unfused(&blk, n, &xw, res.as_deref());
+            let mut got = vec![f32::NAN; want.len()];
+            forward(&blk, n, &xw, res.as_deref(), &mut got);
+            let scale = want.iter().fold(1.0f32, |m, v| m.max(v.abs()));
+            for (i, (a, b)) in got.iter().zip(&want).enumerate() {
+                prop_assert!((a - b).abs() <= 1e-5 * scale, "element {i}: {a} vs {b}");
+            }
+        }
+    }
+
+    /// Small strips: a block whose strip is one or two rows, so the window moves every row.
+    #[test]
+    fn one_row_strips_match_layers() {
+        if !crate::packed::available() {
+            return;
+        }
+        for stride in [1, 2] {
+            let (c_in, c_mid, c_out, h, w) = (8, 384, 8, 40, 120);
+            let mut sd = 7;
+            let (xw, ew) = (rand_vec(c_in * h * w, &mut sd), rand_vec(c_mid * c_in, &mut sd));
+            let (dw, pw) = (rand_vec(c_mid * 9, &mut sd), rand_vec(c_out * c_mid, &mut sd));
+            let blk = InvertedResidual {
+                c_in,
+                c_mid,
+                c_out,
+                h,
+                w,
+                expand: Some(Pointwise { w: &ew, b: None, ep: Epilogue::Relu }),
+                dw_w: &dw,
+                dw_b: None,
+                dw_ep: Epilogue::Clamp(0.0, 6.0),
+                stride,
+                project: Pointwise { w: &pw, b: None, ep: Epilogue::None },
+                after: Epilogue::None,
+            };
+            assert!(blk.strip_rows() <= 2, "{}", blk.strip_rows());
+            let want = unfused(&blk, 1, &xw, None);
+            let mut got = vec![f32::NAN; want.len()];
+            forward(&blk, 1, &xw, None, &mut got);
+            let scale = want.iter().fold(1.0f32, |m, v| m.max(v.abs()));
+            for (a, b) in got.iter().zip(&want) {
+                assert!((a - b).abs() <= 1e-5 * scale, "{a} vs {b}");
+            }
+        }
+    }
+}

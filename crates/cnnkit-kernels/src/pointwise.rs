@@ -1,0 +1,171 @@
+//! A 1×1 convolution of NCHW planes with few input channels (AVX-512):
+//!
+//!   y (M, N) = after(ep(A (M, K) · B (K, N) + bias) + residual)
+//!
+//! vectorised along the pixels (N), with B (the input planes) and y read and written where they
+//! lie, rows `ldb` and `ldy` apart. The microkernel holds a tile of [`MT`] output channels ×
+//! 64 pixels in 24 zmm registers; per input channel it loads four vectors of B and broadcasts
+//! MT weights into 4·MT FMAs, and it adds bias, activations and residual before the tile's only
+//! store. MobileNetV2's expansion layers have K = 16–32: the `gemm` crate packed both operands
+//! on every call and its output took a second pass for bias and activation, 66 GFLOP/s per
+//! thread on the 16→96 layer at 112×112 (this kernel: see BENCHMARKS.md).
+
+use crate::conv::Epilogue;
+
+/// Output channels per tile: 6 × 4 accumulators, 4 B vectors and a broadcast fit 32 registers.
+pub const MT: usize = 6;
+/// Pixels per tile: four 16-lane vectors.
+pub const NT: usize = 64;
+
+/// True when the kernel can run (AVX-512F).
+pub fn available() -> bool {
+    crate::packed::available()
+}
+
+/// The operands of one product. Element (m, k) of A is `a[m·k_len + k]` (row-major weights),
+/// (k, j) of B is `b[k·ldb + j]`, (m, j) of y `y[m·ldy + j]` and of the residual `r[m·ldr + j]`.
+#[derive(Clone, Copy)]
+pub struct Operands {
+    pub m: usize,
+    pub n: usize,
+    pub k: usize,
+    pub a: *const f32,
+    pub b: *const f32,
+    pub ldb: usize,
+    pub bias: Option<*const f32>,
+    pub ep: Epilogue,
+    /// The residual and its row stride, added after `ep`, before `after`.
+    pub residual: Option<(*const f32, usize)>,
+    pub after: Epilogue,
+    pub y: *mut f32,
+    pub ldy: usize,
+}
+
+/// Runs the product on the calling thread.
+///
+/// # Safety
+/// [`available`]; every element the [`Operands`] name is valid (y's for writing, and not
+/// accessed by anyone else during the call); k > 0.
+pub unsafe fn run(o: &Operands) {
+    for j0 in (0..o.n).step_by(NT) {
+        let w = NT.min(o.n - j0);
+        for m0 in (0..o.m).step_by(MT) {
+            let rows = MT.min(o.m - m0);
+            match (rows, w == NT) {
+                (6, true) => tile::<6, false>(o, m0, j0, w),
+                (6, false) => tile::<6, true>(o, m0, j0, w),
+                (5, _) => tile::<5, true>(o, m0, j0, w),
+                (4, _) => tile::<4, true>(o, m0, j0, w),
+                (3, _) => tile::<3, true>(o, m0, j0, w),
+                (2, _) => tile::<2, true>(o, m0, j0, w),
+                _ => tile::<1, true>(o, m0, j0, w),
+            }
+        }
+    }
+}
+
+/// One tile: output channels m0 .. m0 + R, pixels j0 .. j0 + w (w ≤ 64; `MASKED` when the
+/// tile may be narrower than 64, so loads and stores are masked to w).
+///
+/// # Safety
+/// As [`run`], for this tile.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn tile<const R: usize, const MASKED: bool>(o: &Operands, m0: usize, j0: usize, w: usize) {
+    use std::arch::x86_64::*;
+    let masks: [__mmask16; 4] = std::array::from_fn(|v| if MASKED { crate::simd::lane_mask((16 * v) as isize, w) } else { 0xffff });
+    let mut acc = [[_mm512_setzero_ps(); 4]; R];
+    let bp = o.b.add(j0);
+    for kk in 0..o.k {
+        let row = bp.add(kk * o.ldb);
+        // SAFETY (loads): masked-off lanes are not read; the others lie in B's row kk.
+        let bv: [__m512; 4] =
+            std::array::from_fn(
+                |v| if MASKED { _mm512_maskz_loadu_ps(masks[v], row.add(16 * v)) } else { _mm512_loadu_ps(row.add(16 * v)) },
+            );
+        for (r, acc) in acc.iter_mut().enumerate() {
+            let av = _mm512_set1_ps(*o.a.add((m0 + r) * o.k + kk));
+            for v in 0..4 {
+                acc[v] = _mm512_fmadd_ps(av, bv[v], acc[v]);
+            }
+        }
+    }
+    let (lo, hi) = o.ep.bounds::<f32>();
+    let (alo, ahi) = o.after.bounds::<f32>();
+    let (vlo, vhi, valo, vahi) = (_mm512_set1_ps(lo), _mm512_set1_ps(hi), _mm512_set1_ps(alo), _mm512_set1_ps(ahi));
+    for (r, acc) in acc.iter().enumerate() {
+        let m = m0 + r;
+        let vb = _mm512_set1_ps(o.bias.map_or(0.0, |b| *b.add(m)));
+        let out = o.y.add(m * o.ldy + j0);
+        for v in 0..4 {
+            let mut t = _mm512_add_ps(acc[v], vb);
+            if o.ep != Epilogue::None {
+                t = crate::simd::clamp_ps(t, vlo, vhi);
+            }
+            if let Some((res, ldr)) = o.residual {
+                let rp = res.add(m * ldr + j0 + 16 * v);
+                t = _mm512_add_ps(t, if MASKED { _mm512_maskz_loadu_ps(masks[v], rp) } else { _mm512_loadu_ps(rp) });
+                if o.after != Epilogue::None {
+                    t = crate::simd::clamp_ps(t, valo, vahi);
+                }
+            }
+            if MASKED {
+                _mm512_mask_storeu_ps(out.add(16 * v), masks[v], t);
+            } else {
+                _mm512_storeu_ps(out.add(16 * v), t);
+            }
+        }
+    }
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+unsafe fn tile<const R: usize, const MASKED: bool>(_: &Operands, _: usize, _: usize, _: usize) {
+    unreachable!("pointwise::available() is false off x86_64")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+        /// Against a naive f64 product: every tile height, full and masked widths, strided B
+        /// and y, bias, both activations and the residual.
+        #[test]
+        fn matches_naive(m in 1usize..20, n in 1usize..150, k in 1usize..40, pad in 0usize..20, acts in 0usize..9, res in any::<bool>(), seed in 0u64..1000) {
+            prop_assume!(available());
+            let mut s = seed;
+            let mut r = |len: usize| -> Vec<f32> {
+                (0..len).map(|_| { s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407); ((s >> 40) as f32 / (1u64 << 24) as f32) * 8.0 - 4.0 }).collect()
+            };
+            let (ldb, ldy) = (n + pad, n + 2 * pad);
+            let (a, b, bias, rv) = (r(m * k), r(k * ldb), r(m), r(m * ldy));
+            let eps = [Epilogue::None, Epilogue::Relu, Epilogue::Clamp(0.0, 6.0)];
+            let (ep, after) = (eps[acts % 3], eps[acts / 3]);
+            let mut y = vec![f32::NAN; m * ldy];
+            let o = Operands {
+                m, n, k, a: a.as_ptr(), b: b.as_ptr(), ldb, bias: Some(bias.as_ptr()), ep,
+                residual: res.then_some((rv.as_ptr(), ldy)), after, y: y.as_mut_ptr(), ldy,
+            };
+            // SAFETY: AVX-512F checked; the buffers hold every element the operands name.
+            unsafe { run(&o) };
+            let clamp = |e: Epilogue, v: f64| { let (l, h) = e.bounds::<f64>(); v.max(l).min(h) };
+            for i in 0..m {
+                for j in 0..ldy {
+                    let got = y[i * ldy + j];
+                    if j >= n {
+                        prop_assert!(got.is_nan(), "wrote past the row at ({i}, {j})");
+                        continue;
+                    }
+                    let mut want = bias[i] as f64 + (0..k).map(|kk| a[i * k + kk] as f64 * b[kk * ldb + j] as f64).sum::<f64>();
+                    want = clamp(ep, want);
+                    if res {
+                        want = clamp(after, want + rv[i * ldy + j] as f64);
+                    }
+                    prop_assert!((got as f64 - want).abs() <= 1e-4 * (1.0 + want.abs()), "({i}, {j}): {got} vs {want}");
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,101 @@
+//! Chains of nodes the inference executor runs as one fused kernel. Today: MobileNetV2's
+//! inverted residual block — Conv 1×1 (+act) → depthwise Conv 3×3 (+act) → Conv 1×1 (+act)
+//! [→ Add of the block's input (+act)] — as `cnnkit_core::fused::inverted_residual`, which
+//! keeps the expanded activations in cache instead of writing them to memory and reading them
+//! back (see `cnnkit_kernels::fused`). The match is by structure, so torchvision's ONNX export
+//! and cnnkit's zoo model fuse alike; shapes and dtypes are checked when the block runs, and
+//! a block the kernel does not take runs node by node.
+
+use super::{Graph, GraphOp};
+use cnnkit_kernels::conv::Epilogue;
+use std::collections::HashMap;
+
+/// One convolution of a matched block: its node and the activation fused after it.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct ConvUnit {
+    pub node: usize,
+    pub ep: Epilogue,
+}
+
+/// A matched block: nodes `start .. end` (activations included).
+#[derive(Clone, Debug)]
+pub(super) struct BlockPlan {
+    pub end: usize,
+    pub expand: Option<ConvUnit>,
+    pub dw: ConvUnit,
+    pub stride: usize,
+    pub project: ConvUnit,
+    /// The Add node, which of its inputs is the residual, and the activation after it.
+    pub add: Option<(usize, usize, Epilogue)>,
+    /// The value the block defines (the last node's output).
+    pub output: String,
+}
+
+/// For each node, the block starting there (None for most). `fused[i]` is the activation
+/// that follows node i and runs in its epilogue (`Graph::fusable_activations`).
+pub(super) fn inverted_residual_blocks(g: &Graph, fused: &[Option<Epilogue>]) -> Vec<Option<BlockPlan>> {
+    let mut readers: HashMap<&str, usize> = HashMap::new();
+    for n in &g.nodes {
+        for v in n.inputs.iter().filter(|v| !v.is_empty()) {
+            *readers.entry(v.as_str()).or_default() += 1;
+        }
+    }
+    for o in &g.outputs {
+        *readers.entry(o.as_str()).or_default() += 2; // never an internal value
+    }
+    let only_reader = |v: &str| readers.get(v) == Some(&1);
+    // Node i with its fused activation: (the unit, the next node, the value it defines).
+    let unit = |i: usize| -> Option<(ConvUnit, usize, &str)> {
+        let n = g.nodes.get(i)?;
+        let ep = fused.get(i).copied().flatten();
+        let out = if ep.is_some() { g.nodes.get(i + 1)?.outputs.first()? } else { n.outputs.first()? };
+        Some((ConvUnit { node: i, ep: ep.unwrap_or(Epilogue::None) }, i + 1 + usize::from(ep.is_some()), out.as_str()))
+    };
+    let conv = |i: usize| match g.nodes.get(i).map(|n| &n.op) {
+        Some(GraphOp::Conv { kernel_shape, strides, pads, dilations, group }) => Some((*kernel_shape, *strides, *pads, *dilations, *group)),
+        _ => None,
+    };
+    let pointwise =
+        |i: usize| conv(i).is_some_and(|(k, s, p, d, grp)| k == [1, 1] && s == [1, 1] && p == [0; 4] && d == [1, 1] && grp == 1);
+    // Depthwise 3×3 pad 1, stride 1 or 2 (group = channels is checked on the weights later).
+    let depthwise = |i: usize| match conv(i) {
+        Some((k, [s, t], p, d, grp)) if k == [3, 3] && s == t && (s == 1 || s == 2) && p == [1; 4] && d == [1, 1] && grp > 1 => Some(s),
+        _ => None,
+    };
+    let reads = |i: usize, v: &str| g.nodes[i].inputs.first().is_some_and(|x| x == v);
+    (0..g.nodes.len())
+        .map(|i| {
+            let (expand, mut at, mut x_out) = if pointwise(i) {
+                let (u, next, out) = unit(i)?;
+                (Some(u), next, Some(out))
+            } else {
+                (None, i, None)
+            };
+            let stride = depthwise(at)?;
+            if x_out.is_some_and(|v| !only_reader(v) || !reads(at, v)) {
+                return None;
+            }
+            let (dw, next, dw_out) = unit(at)?;
+            if !pointwise(next) || !only_reader(dw_out) || !reads(next, dw_out) {
+                return None;
+            }
+            let (project, next, p_out) = unit(next)?;
+            (at, x_out) = (next, Some(p_out));
+            // An Add of the projection and another value (the block's input) joins the block.
+            let add = g.nodes.get(at).filter(|n| n.op == GraphOp::Add && n.inputs.len() == 2 && only_reader(p_out)).and_then(|n| {
+                let which = n.inputs.iter().position(|v| v == p_out)?;
+                Some((at, 1 - which))
+            });
+            let (end, add) = match add {
+                Some((a, r)) => {
+                    let ep = fused.get(a).copied().flatten();
+                    let (_, next, out) = unit(a)?;
+                    x_out = Some(out);
+                    (next, Some((a, r, ep.unwrap_or(Epilogue::None))))
+                }
+                None => (at, None),
+            };
+            Some(BlockPlan { end, expand, dw, stride, project, add, output: x_out?.to_string() })
+        })
+        .collect()
+}
