@@ -49,9 +49,10 @@ pub struct InvertedResidual<'a> {
 /// Fewest output pixels per image, and most expanded channels, for the fused block. Measured
 /// on two threads against the layers run one by one (`examples/fused_block.rs`), MobileNetV2's
 /// blocks gain down to 14×14 with 384 expanded channels (64→384→64: 0.144 → 0.130 ms) but
-/// lose from 576 (96→576→96 at 14×14: 0.30 → 0.43 ms; 160→960→160 at 7×7: 0.24 → 0.38):
-/// a strip of a few 14-pixel rows is a narrow product with a long K, where the layer-wise
-/// kernels see the whole plane.
+/// lose from 576 (96→576→96 at 14×14: 0.30 → 0.43 ms; 160→960→160 at 7×7: 0.24 → 0.38): a
+/// strip of a few 14- or 7-pixel rows is a narrow product with a long K, where the layer-wise
+/// kernels see the whole plane. (Strips of equal height and a 640 KiB budget made 96→576→96
+/// a tie, but the whole network 2–3% slower.)
 pub const MIN_OUT_PIXELS: usize = 14 * 14;
 pub const MAX_MID_CHANNELS: usize = 384;
 
