@@ -121,7 +121,7 @@ impl<'a> Borrowed<'a> {
             Some(t) => Ok(Self::new(t)?.map(Some)),
         }
     }
-    fn data_opt<'b>(b: &'b Option<Self>) -> Option<&'b [f32]> {
+    fn data_opt(b: &Option<Self>) -> Option<&[f32]> {
         b.as_ref().map(|b| b.data())
     }
     fn data(&self) -> &[f32] {
