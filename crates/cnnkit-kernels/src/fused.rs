@@ -237,7 +237,7 @@ unsafe fn rows(blk: &InvertedResidual, x: &[f32], residual: Option<&[f32]>, y: *
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::conv::{conv2d_forward_ep, ConvGeom};
+    use crate::conv::ConvGeom;
     use proptest::prelude::*;
 
     fn rand_vec(n: usize, seed: &mut u64) -> Vec<f32> {
@@ -249,18 +249,31 @@ mod tests {
             .collect()
     }
 
-    /// The block layer by layer with the unfused convolution kernels.
+    /// The block layer by layer with the naive convolution (f64 sums, rounded to f32).
     fn unfused(blk: &InvertedResidual, n: usize, x: &[f32], residual: Option<&[f32]>) -> Vec<f32> {
         let (h, w) = (blk.h, blk.w);
         let (oh, ow) = blk.out_hw();
-        let pw =
-            |c_in, c_out| ConvGeom { n, c_in, c_out, h, w, kh: 1, kw: 1, stride: (1, 1), padding: (0, 0), dilation: (1, 1), groups: 1 };
+        let pw = |c_in, c_out, h, w| ConvGeom {
+            n,
+            c_in,
+            c_out,
+            h,
+            w,
+            kh: 1,
+            kw: 1,
+            stride: (1, 1),
+            padding: (0, 0),
+            dilation: (1, 1),
+            groups: 1,
+        };
+        let conv = |g: &ConvGeom, x: &[f32], w: &[f32], b: Option<&[f32]>, ep: Epilogue| -> Vec<f32> {
+            let f = |v: &[f32]| v.iter().map(|&a| a as f64).collect::<Vec<f64>>();
+            let mut y = crate::reference::conv2d_naive(g, &f(x), &f(w), b.map(f).as_deref());
+            ep.apply(&mut y);
+            y.into_iter().map(|v| v as f32).collect()
+        };
         let mid = match &blk.expand {
-            Some(e) => {
-                let mut m = vec![0.0; n * blk.c_mid * h * w];
-                conv2d_forward_ep(&pw(blk.c_in, blk.c_mid), x, e.w, e.b, e.ep, &mut m);
-                m
-            }
+            Some(e) => conv(&pw(blk.c_in, blk.c_mid, h, w), x, e.w, e.b, e.ep),
             None => x.to_vec(),
         };
         let dg = ConvGeom {
@@ -276,11 +289,8 @@ mod tests {
             dilation: (1, 1),
             groups: blk.c_mid,
         };
-        let mut d = crate::reference::conv2d_naive(&dg, &mid, blk.dw_w, blk.dw_b);
-        blk.dw_ep.apply(&mut d);
-        let mut y = vec![0.0; n * blk.c_out * oh * ow];
-        let pg = ConvGeom { h: oh, w: ow, ..pw(blk.c_mid, blk.c_out) };
-        conv2d_forward_ep(&pg, &d, blk.project.w, blk.project.b, blk.project.ep, &mut y);
+        let d = conv(&dg, &mid, blk.dw_w, blk.dw_b, blk.dw_ep);
+        let mut y = conv(&pw(blk.c_mid, blk.c_out, oh, ow), &d, blk.project.w, blk.project.b, blk.project.ep);
         if let Some(r) = residual {
             y.iter_mut().zip(r).for_each(|(v, &q)| *v += q);
             blk.after.apply(&mut y);

@@ -41,6 +41,50 @@ pub struct Operands {
     pub ldy: usize,
 }
 
+// SAFETY: the pointers are only dereferenced under the contracts of `run` and `run_par`, whose
+// tasks read the shared operands and write disjoint tiles of y.
+unsafe impl Send for Operands {}
+unsafe impl Sync for Operands {}
+
+/// Runs the product on all threads: output channels split into one range of whole tiles per
+/// thread when there are enough of them (each thread writes whole rows of y and reads all of
+/// B, which a 1×1 layer's planes keep in L2), else pixel ranges of whole tiles.
+///
+/// # Safety
+/// As [`run`].
+pub unsafe fn run_par(o: &Operands) {
+    use rayon::prelude::*;
+    let t = crate::num_threads();
+    let (rows, cols) = (o.m.div_ceil(MT), o.n.div_ceil(NT));
+    let by_rows = rows >= 2 * t || cols < t;
+    let units = if by_rows { rows } else { cols };
+    let per = units.div_ceil(t).max(1);
+    let task = |i: usize| {
+        let (u0, u1) = (i * per, ((i + 1) * per).min(units));
+        let ((m0, m1), (j0, j1)) =
+            if by_rows { ((u0 * MT, (u1 * MT).min(o.m)), (0, o.n)) } else { ((0, o.m), (u0 * NT, (u1 * NT).min(o.n))) };
+        let sub = Operands {
+            m: m1 - m0,
+            n: j1 - j0,
+            a: o.a.add(m0 * o.k),
+            b: o.b.add(j0),
+            bias: o.bias.map(|b| b.add(m0)),
+            residual: o.residual.map(|(r, ld)| (r.add(m0 * ld + j0), ld)),
+            y: o.y.add(m0 * o.ldy + j0),
+            ..*o
+        };
+        // SAFETY: rows m0 .. m1 × columns j0 .. j1 of the caller's product, written by this
+        // task only.
+        unsafe { run(&sub) };
+    };
+    let tasks = units.div_ceil(per);
+    if t > 1 && tasks > 1 {
+        (0..tasks).into_par_iter().for_each(task);
+    } else {
+        (0..tasks).for_each(task);
+    }
+}
+
 /// Runs the product on the calling thread.
 ///
 /// # Safety
@@ -51,41 +95,46 @@ pub unsafe fn run(o: &Operands) {
         let w = NT.min(o.n - j0);
         for m0 in (0..o.m).step_by(MT) {
             let rows = MT.min(o.m - m0);
-            match (rows, w == NT) {
-                (6, true) => tile::<6, false>(o, m0, j0, w),
-                (6, false) => tile::<6, true>(o, m0, j0, w),
-                (5, _) => tile::<5, true>(o, m0, j0, w),
-                (4, _) => tile::<4, true>(o, m0, j0, w),
-                (3, _) => tile::<3, true>(o, m0, j0, w),
-                (2, _) => tile::<2, true>(o, m0, j0, w),
-                _ => tile::<1, true>(o, m0, j0, w),
+            // Full tiles unmasked; a narrower one runs only the vectors it covers (a 14×14
+            // plane's last 4 pixels: one vector, not four).
+            match (rows, w.div_ceil(16), w == NT) {
+                (6, 4, true) => tile::<6, 4, false>(o, m0, j0, w),
+                (6, 4, false) => tile::<6, 4, true>(o, m0, j0, w),
+                (6, 3, _) => tile::<6, 3, true>(o, m0, j0, w),
+                (6, 2, _) => tile::<6, 2, true>(o, m0, j0, w),
+                (6, _, _) => tile::<6, 1, true>(o, m0, j0, w),
+                (5, _, _) => tile::<5, 4, true>(o, m0, j0, w),
+                (4, _, _) => tile::<4, 4, true>(o, m0, j0, w),
+                (3, _, _) => tile::<3, 4, true>(o, m0, j0, w),
+                (2, _, _) => tile::<2, 4, true>(o, m0, j0, w),
+                _ => tile::<1, 4, true>(o, m0, j0, w),
             }
         }
     }
 }
 
-/// One tile: output channels m0 .. m0 + R, pixels j0 .. j0 + w (w ≤ 64; `MASKED` when the
-/// tile may be narrower than 64, so loads and stores are masked to w).
+/// One tile: output channels m0 .. m0 + R, pixels j0 .. j0 + w (w ≤ 16·V; `MASKED` when the
+/// tile may be narrower than 16·V, so loads and stores are masked to w).
 ///
 /// # Safety
 /// As [`run`], for this tile.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
-unsafe fn tile<const R: usize, const MASKED: bool>(o: &Operands, m0: usize, j0: usize, w: usize) {
+unsafe fn tile<const R: usize, const V: usize, const MASKED: bool>(o: &Operands, m0: usize, j0: usize, w: usize) {
     use std::arch::x86_64::*;
-    let masks: [__mmask16; 4] = std::array::from_fn(|v| if MASKED { crate::simd::lane_mask((16 * v) as isize, w) } else { 0xffff });
-    let mut acc = [[_mm512_setzero_ps(); 4]; R];
+    let masks: [__mmask16; V] = std::array::from_fn(|v| if MASKED { crate::simd::lane_mask((16 * v) as isize, w) } else { 0xffff });
+    let mut acc = [[_mm512_setzero_ps(); V]; R];
     let bp = o.b.add(j0);
     for kk in 0..o.k {
         let row = bp.add(kk * o.ldb);
         // SAFETY (loads): masked-off lanes are not read; the others lie in B's row kk.
-        let bv: [__m512; 4] =
+        let bv: [__m512; V] =
             std::array::from_fn(
                 |v| if MASKED { _mm512_maskz_loadu_ps(masks[v], row.add(16 * v)) } else { _mm512_loadu_ps(row.add(16 * v)) },
             );
         for (r, acc) in acc.iter_mut().enumerate() {
             let av = _mm512_set1_ps(*o.a.add((m0 + r) * o.k + kk));
-            for v in 0..4 {
+            for v in 0..V {
                 acc[v] = _mm512_fmadd_ps(av, bv[v], acc[v]);
             }
         }
@@ -97,7 +146,7 @@ unsafe fn tile<const R: usize, const MASKED: bool>(o: &Operands, m0: usize, j0: 
         let m = m0 + r;
         let vb = _mm512_set1_ps(o.bias.map_or(0.0, |b| *b.add(m)));
         let out = o.y.add(m * o.ldy + j0);
-        for v in 0..4 {
+        for v in 0..V {
             let mut t = _mm512_add_ps(acc[v], vb);
             if o.ep != Epilogue::None {
                 t = crate::simd::clamp_ps(t, vlo, vhi);
@@ -119,7 +168,7 @@ unsafe fn tile<const R: usize, const MASKED: bool>(o: &Operands, m0: usize, j0: 
 }
 
 #[cfg(not(target_arch = "x86_64"))]
-unsafe fn tile<const R: usize, const MASKED: bool>(_: &Operands, _: usize, _: usize, _: usize) {
+unsafe fn tile<const R: usize, const V: usize, const MASKED: bool>(_: &Operands, _: usize, _: usize, _: usize) {
     unreachable!("pointwise::available() is false off x86_64")
 }
 
