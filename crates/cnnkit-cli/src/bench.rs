@@ -149,12 +149,10 @@ pub fn run(cmd: BenchCmd) -> Result<()> {
 }
 
 fn setup_threads(c: &Common) -> Result<usize> {
-    if let Some(n) = c.threads {
-        if n == 0 {
-            return Err(cnnkit::core::Error::invalid("bench", "--threads must be at least 1"));
-        }
-        set_num_threads(n)?;
+    if c.threads == Some(0) {
+        return Err(cnnkit::core::Error::invalid("bench", "--threads must be at least 1"));
     }
+    set_num_threads(c.threads)?;
     Ok(rayon_threads())
 }
 

@@ -83,8 +83,7 @@ pub struct TrainArgs {
 pub(crate) fn threads(n: Option<usize>) -> Result<()> {
     match n {
         Some(0) => Err(Error::invalid("--threads", "must be at least 1")),
-        Some(n) => set_num_threads(n),
-        None => Ok(()),
+        n => set_num_threads(n),
     }
 }
 
