@@ -49,19 +49,7 @@ fn main() {
         };
         let oh = (h - 1) / s + 1;
         let res = r(c_out * oh * oh);
-        let pwg = |ci, co, hh| ConvGeom {
-            n: 1,
-            c_in: ci,
-            c_out: co,
-            h: hh,
-            w: hh,
-            kh: 1,
-            kw: 1,
-            stride: (1, 1),
-            padding: (0, 0),
-            dilation: (1, 1),
-            groups: 1,
-        };
+        let pwg = |ci, co, hh| ConvGeom::pointwise(1, ci, co, hh, hh);
         let dg = ConvGeom {
             n: 1,
             c_in: c_mid,

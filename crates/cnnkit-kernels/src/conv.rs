@@ -28,6 +28,10 @@ pub struct ConvGeom {
 }
 
 impl ConvGeom {
+    /// A 1×1 stride-1 convolution without padding (a pointwise layer).
+    pub fn pointwise(n: usize, c_in: usize, c_out: usize, h: usize, w: usize) -> ConvGeom {
+        ConvGeom { n, c_in, c_out, h, w, kh: 1, kw: 1, stride: (1, 1), padding: (0, 0), dilation: (1, 1), groups: 1 }
+    }
     /// Output size, or None when the (dilated) kernel does not fit the padded input.
     pub fn out_hw(&self) -> Option<(usize, usize)> {
         let eh = self.dilation.0 * (self.kh - 1) + 1;
@@ -1019,14 +1023,7 @@ mod tests {
     use crate::reference;
     use proptest::prelude::*;
 
-    fn rand_vec(n: usize, seed: &mut u64) -> Vec<f64> {
-        (0..n)
-            .map(|_| {
-                *seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-                ((*seed >> 33) as f64 / (1u64 << 31) as f64) - 0.5
-            })
-            .collect()
-    }
+    use crate::reference::rand_vec;
 
     fn geom_strategy() -> impl Strategy<Value = ConvGeom> {
         // Input channels per group up to 8: K = C_in/G·KH·KW from 1 to 72.
@@ -1264,7 +1261,7 @@ mod tests {
         /// or images split) against the naive twin in f64, with bias and each activation.
         #[test]
         fn f32_pointwise_forward_matches_naive(n in 1usize..4, c_in in 1usize..40, c_out in 1usize..40, h in 1usize..30, w in 1usize..30, act in 0usize..3, seed in 0u64..10_000) {
-            let g = ConvGeom { n, c_in, h, w, c_out, kh: 1, kw: 1, stride: (1, 1), padding: (0, 0), dilation: (1, 1), groups: 1 };
+            let g = ConvGeom::pointwise(n, c_in, c_out, h, w);
             let mut sd = seed;
             let (x, wt, b) = (rand_vec(n * c_in * h * w, &mut sd), rand_vec(c_out * c_in, &mut sd), rand_vec(c_out, &mut sd));
             let ep = [Epilogue::None, Epilogue::Relu, Epilogue::Clamp(-0.2, 0.3)][act];

@@ -949,14 +949,7 @@ mod tests {
     use crate::reference;
     use proptest::prelude::*;
 
-    fn rand_vec(n: usize, seed: &mut u64) -> Vec<f64> {
-        (0..n)
-            .map(|_| {
-                *seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-                ((*seed >> 33) as f64 / (1u64 << 31) as f64) - 0.5
-            })
-            .collect()
-    }
+    use crate::reference::rand_vec;
 
     fn close(a: &[f64], e: &[f64]) -> Result<(), String> {
         for (k, (a, e)) in a.iter().zip(e).enumerate() {

@@ -241,31 +241,14 @@ mod tests {
     use proptest::prelude::*;
 
     fn rand_vec(n: usize, seed: &mut u64) -> Vec<f32> {
-        (0..n)
-            .map(|_| {
-                *seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-                ((*seed >> 33) as f32 / (1u64 << 31) as f32) - 0.5
-            })
-            .collect()
+        crate::reference::rand_vec(n, seed).into_iter().map(|v| v as f32).collect()
     }
 
     /// The block layer by layer with the naive convolution (f64 sums, rounded to f32).
     fn unfused(blk: &InvertedResidual, n: usize, x: &[f32], residual: Option<&[f32]>) -> Vec<f32> {
         let (h, w) = (blk.h, blk.w);
         let (oh, ow) = blk.out_hw();
-        let pw = |c_in, c_out, h, w| ConvGeom {
-            n,
-            c_in,
-            c_out,
-            h,
-            w,
-            kh: 1,
-            kw: 1,
-            stride: (1, 1),
-            padding: (0, 0),
-            dilation: (1, 1),
-            groups: 1,
-        };
+        let pw = |c_in, c_out, h, w| ConvGeom::pointwise(n, c_in, c_out, h, w);
         let conv = |g: &ConvGeom, x: &[f32], w: &[f32], b: Option<&[f32]>, ep: Epilogue| -> Vec<f32> {
             let f = |v: &[f32]| v.iter().map(|&a| a as f64).collect::<Vec<f64>>();
             let mut y = crate::reference::conv2d_naive(g, &f(x), &f(w), b.map(f).as_deref());

@@ -121,3 +121,14 @@ pub fn max_pool2d_naive<T: Float>(g: &crate::pool::PoolGeom, x: &[T], planes: us
     }
     (y, idx)
 }
+
+/// `n` pseudo-random values in [−0.5, 0.5) from a 64-bit LCG advanced in `seed`: the test
+/// inputs of the kernel modules (deterministic, so a failing case replays).
+pub fn rand_vec(n: usize, seed: &mut u64) -> Vec<f64> {
+    (0..n)
+        .map(|_| {
+            *seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            ((*seed >> 33) as f64 / (1u64 << 31) as f64) - 0.5
+        })
+        .collect()
+}
