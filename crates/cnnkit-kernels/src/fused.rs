@@ -47,14 +47,14 @@ pub struct InvertedResidual<'a> {
 }
 
 /// Fewest output pixels per image, and most expanded channels, for the fused block. Measured
-/// on two threads against the layers run one by one (`examples/fused_block.rs`), MobileNetV2's
-/// blocks gain down to 14×14 with 384 expanded channels (64→384→64: 0.144 → 0.130 ms) but
-/// lose from 576 (96→576→96 at 14×14: 0.30 → 0.43 ms; 160→960→160 at 7×7: 0.24 → 0.38): a
-/// strip of a few 14- or 7-pixel rows is a narrow product with a long K, where the layer-wise
-/// kernels see the whole plane. (Strips of equal height and a 640 KiB budget made 96→576→96
-/// a tie, but the whole network 2–3% slower.)
+/// on two threads against the layers run one by one (`examples/fused_block.rs`, both on the
+/// pointwise and column-walking depthwise kernels), MobileNetV2's blocks gain down to 14×14
+/// (64→384→64: 0.138 → 0.117 ms; 96→576→160 s2: 0.224 → 0.191; 96→576→96 a tie, 0.266 →
+/// 0.270) but lose at 7×7 with 960 (160→960→160: 0.243 → 0.269): a strip of a few 7-pixel
+/// rows is a narrow product with a long K, where the layer-wise kernels see the whole plane.
+/// (Strips of equal height with a 640 KiB budget made the whole network 2–3% slower.)
 pub const MIN_OUT_PIXELS: usize = 14 * 14;
-pub const MAX_MID_CHANNELS: usize = 384;
+pub const MAX_MID_CHANNELS: usize = 576;
 
 /// Floats of L2 a strip's window and depthwise output may take (512 KiB of Zen 4's 1 MiB).
 const STRIP_FLOATS: usize = 128 << 10;
