@@ -193,6 +193,10 @@ impl Graph {
         };
         let first = b.expand.map_or(b.dw.node, |u| u.node);
         let (Some(x), Some(dw), Some(project)) = (input(first, 0), conv(b.dw), conv(b.project)) else { return Ok(None) };
+        // A depthwise layer: one group per channel (a malformed group count errs unfused).
+        if !matches!(self.nodes[b.dw.node].op, GraphOp::Conv { group, .. } if dw.w.shape().first() == Some(&group)) {
+            return Ok(None);
+        }
         let expand = match b.expand {
             Some(u) => match conv(u) {
                 Some(c) => Some(c),
