@@ -37,43 +37,34 @@ pub struct InvertedResidualArgs<'a> {
 pub fn inverted_residual(x: &Tensor, a: &InvertedResidualArgs) -> Result<Option<Tensor>> {
     let convs = a.expand.iter().chain([&a.dw, &a.project]);
     let tensors = || convs.clone().flat_map(|c| std::iter::once(c.w).chain(c.b)).chain(a.residual).chain([x]);
-    let recording = crate::is_grad_enabled() && tensors().any(|t| t.requires_grad());
-    if recording || tensors().any(|t| t.dtype() != DType::F32) || x.ndim() != 4 {
+    if crate::is_grad_enabled() && tensors().any(|t| t.requires_grad()) {
         return Ok(None);
     }
-    let [n, c_in, h, w] = [x.shape()[0], x.shape()[1], x.shape()[2], x.shape()[3]];
-    let c_mid = a.dw.w.shape()[0];
-    let c_out = a.project.w.shape()[0];
+    let (Ok([n, c_in, h, w]), Some(&c_mid), Some(&c_out)) =
+        (<[usize; 4]>::try_from(x.shape()), a.dw.w.shape().first(), a.project.w.shape().first())
+    else {
+        return Ok(None);
+    };
     let pointwise = |t: &Tensor, m: usize, k: usize| t.shape() == [m, k, 1, 1];
     let bias_ok = |c: &FusedConv, m: usize| c.b.is_none_or(|b| b.shape() == [m]);
     let ok = a.expand.as_ref().map_or(c_mid == c_in, |e| pointwise(e.w, c_mid, c_in) && bias_ok(e, c_mid))
         && a.dw.w.shape() == [c_mid, 1, 3, 3]
         && bias_ok(&a.dw, c_mid)
         && pointwise(a.project.w, c_out, c_mid)
-        && bias_ok(&a.project, c_out)
-        && (a.stride == 1 || a.stride == 2)
-        && h > 0
-        && w > 0;
+        && bias_ok(&a.project, c_out);
     if !ok {
         return Ok(None);
     }
-    let (oh, ow) = ((h - 1) / a.stride + 1, (w - 1) / a.stride + 1);
-    if a.residual.is_some_and(|r| r.shape() != [n, c_out, oh, ow]) {
-        return Ok(None);
-    }
     // Every operand borrowed under its read lock (copying the weights on each call was 7% of
-    // MobileNetV2 at batch 1); a non-contiguous one sends the block down the unfused path.
-    let borrow = Borrowed::new_opt;
-    let (Some(ew), Some(eb), Some(dw), Some(db), Some(pw), Some(pb), Some(xb), Some(rb)) = (
-        borrow(a.expand.map(|e| e.w))?,
-        borrow(a.expand.and_then(|e| e.b))?,
-        borrow(Some(a.dw.w))?,
-        borrow(a.dw.b)?,
-        borrow(Some(a.project.w))?,
-        borrow(a.project.b)?,
-        borrow(Some(x))?,
-        borrow(a.residual)?,
-    ) else {
+    // MobileNetV2 at batch 1); a non-f32 or non-contiguous one sends the block down the
+    // unfused path.
+    let (Some(xb), Some(dw), Some(pw)) = (Borrowed::new(x)?, Borrowed::new(a.dw.w)?, Borrowed::new(a.project.w)?) else {
+        return Ok(None);
+    };
+    let opt = Borrowed::new_opt;
+    let (Some(ew), Some(eb), Some(db), Some(pb), Some(rb)) =
+        (opt(a.expand.map(|e| e.w))?, opt(a.expand.and_then(|e| e.b))?, opt(a.dw.b)?, opt(a.project.b)?, opt(a.residual)?)
+    else {
         return Ok(None);
     };
     let data = Borrowed::data_opt;
@@ -84,18 +75,24 @@ pub fn inverted_residual(x: &Tensor, a: &InvertedResidualArgs) -> Result<Option<
         h,
         w,
         expand: a.expand.as_ref().zip(data(&ew)).map(|(e, w)| Pointwise { w, b: data(&eb), ep: e.ep }),
-        dw_w: data(&dw).unwrap_or_default(),
+        dw_w: dw.data(),
         dw_b: data(&db),
         dw_ep: a.dw.ep,
         stride: a.stride,
-        project: Pointwise { w: data(&pw).unwrap_or_default(), b: data(&pb), ep: a.project.ep },
+        project: Pointwise { w: pw.data(), b: data(&pb), ep: a.project.ep },
         after: if a.residual.is_some() { a.after } else { Epilogue::None },
     };
+    // The kernel's own conditions (stride, plane and channel bounds, AVX-512) before its
+    // output plane is asked for.
     if !blk.applies() {
         return Ok(None);
     }
+    let (oh, ow) = blk.out_hw();
+    if a.residual.is_some_and(|r| r.shape() != [n, c_out, oh, ow]) {
+        return Ok(None);
+    }
     let mut y: Vec<f32> = crate::recycle::output_vec(n * c_out * oh * ow);
-    cnnkit_kernels::fused::forward(&blk, n, data(&xb).unwrap_or_default(), data(&rb), &mut y);
+    cnnkit_kernels::fused::forward(&blk, n, xb.data(), data(&rb), &mut y);
     Ok(Some(Tensor::from_storage(f32::into_storage(y), &[n, c_out, oh, ow])))
 }
 
@@ -106,7 +103,7 @@ struct Borrowed<'a> {
 }
 
 impl<'a> Borrowed<'a> {
-    /// None for a non-contiguous or non-f32 tensor.
+    /// None for a non-contiguous or non-f32 tensor (the unfused path takes it).
     fn new(t: &'a Tensor) -> Result<Option<Self>> {
         if !t.is_contiguous() || t.dtype() != DType::F32 {
             return Ok(None);

@@ -82,8 +82,9 @@ impl Graph {
                 last_use.insert(v.as_str(), i);
             }
         }
-        let fused = self.fusable_activations();
-        let blocks = super::fuse::inverted_residual_blocks(self, &fused);
+        let readers = self.reader_counts();
+        let fused = self.fusable_activations(&readers);
+        let blocks = super::fuse::inverted_residual_blocks(self, &fused, &readers);
         // Nodes before `next` were run with an earlier one (a fused activation or block).
         let mut next = 0;
         for (i, node) in self.nodes.iter().enumerate() {
@@ -197,20 +198,10 @@ impl Graph {
         if !matches!(self.nodes[b.dw.node].op, GraphOp::Conv { group, .. } if dw.w.shape().first() == Some(&group)) {
             return Ok(None);
         }
-        let expand = match b.expand {
-            Some(u) => match conv(u) {
-                Some(c) => Some(c),
-                None => return Ok(None),
-            },
-            None => None,
-        };
-        let residual = match b.add {
-            Some((a, r, _)) => match input(a, r) {
-                Some(t) => Some(t),
-                None => return Ok(None),
-            },
-            None => None,
-        };
+        // Some(None): the block has no such part; None: a part whose operand is missing.
+        let expand = b.expand.map_or(Some(None), |u| conv(u).map(Some));
+        let residual = b.add.map_or(Some(None), |(a, r, _)| input(a, r).map(Some));
+        let (Some(expand), Some(residual)) = (expand, residual) else { return Ok(None) };
         let after = b.add.map_or(Epilogue::None, |(_, _, ep)| ep);
         let args = InvertedResidualArgs { expand, dw, stride: b.stride, project, residual, after };
         let Some(y) = inverted_residual(x, &args)? else { return Ok(None) };
@@ -224,13 +215,8 @@ impl Graph {
     /// output: the producer makes a fresh tensor (Conv, Gemm, Add, BatchNormalization), the
     /// activation is its only reader, and the value is not a graph output. This saves the
     /// activation's allocation and its output pass (the inference-time "fused epilogue").
-    fn fusable_activations(&self) -> Vec<Option<Epilogue>> {
-        let mut readers: HashMap<&str, usize> = HashMap::new();
-        for n in &self.nodes {
-            for v in n.inputs.iter().filter(|v| !v.is_empty()) {
-                *readers.entry(v.as_str()).or_default() += 1;
-            }
-        }
+    /// `readers` is [`Graph::reader_counts`].
+    fn fusable_activations(&self, readers: &HashMap<&str, usize>) -> Vec<Option<Epilogue>> {
         let scalar = |name: Option<&String>, default: f64| -> Option<f64> {
             match name.filter(|n| !n.is_empty()) {
                 None => Some(default),
@@ -245,7 +231,8 @@ impl Graph {
                 if !fresh || a.outputs.len() != 1 || b.outputs.len() != 1 || b.inputs.first() != Some(out) {
                     return None;
                 }
-                if readers.get(out.as_str()) != Some(&1) || self.outputs.contains(out) {
+                // Read by b alone (a graph output counts as a reader).
+                if readers.get(out.as_str()) != Some(&1) {
                     return None;
                 }
                 match b.op {

@@ -32,17 +32,9 @@ pub(super) struct BlockPlan {
 }
 
 /// For each node, the block starting there (None for most). `fused[i]` is the activation
-/// that follows node i and runs in its epilogue (`Graph::fusable_activations`).
-pub(super) fn inverted_residual_blocks(g: &Graph, fused: &[Option<Epilogue>]) -> Vec<Option<BlockPlan>> {
-    let mut readers: HashMap<&str, usize> = HashMap::new();
-    for n in &g.nodes {
-        for v in n.inputs.iter().filter(|v| !v.is_empty()) {
-            *readers.entry(v.as_str()).or_default() += 1;
-        }
-    }
-    for o in &g.outputs {
-        *readers.entry(o.as_str()).or_default() += 2; // never an internal value
-    }
+/// that follows node i and runs in its epilogue (`Graph::fusable_activations`); `readers` is
+/// `Graph::reader_counts`.
+pub(super) fn inverted_residual_blocks(g: &Graph, fused: &[Option<Epilogue>], readers: &HashMap<&str, usize>) -> Vec<Option<BlockPlan>> {
     let only_reader = |v: &str| readers.get(v) == Some(&1);
     // Node i with its fused activation: (the unit, the next node, the value it defines).
     let unit = |i: usize| -> Option<(ConvUnit, usize, &str)> {

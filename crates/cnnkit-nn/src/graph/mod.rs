@@ -15,7 +15,7 @@ pub use builder::{module_to_graph, GraphBuilder};
 pub use plan::optimize_for_inference;
 
 use cnnkit_core::{DType, Error, Result, Tensor};
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 /// A graph input: its name and shape (None = a dynamic dim, e.g. the batch).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -397,6 +397,17 @@ impl Graph {
             return Err(graph_err(format!("graph output '{o}' is not produced by any node")));
         }
         Ok(())
+    }
+
+    /// How many times each value is read: once per node input that names it, and once more
+    /// when it is a graph output (so 1 means one node reads it and nothing else does).
+    pub(crate) fn reader_counts(&self) -> HashMap<&str, usize> {
+        let mut n: HashMap<&str, usize> = HashMap::new();
+        let names = self.nodes.iter().flat_map(|node| &node.inputs).chain(&self.outputs);
+        for v in names.filter(|v| !v.is_empty()) {
+            *n.entry(v.as_str()).or_default() += 1;
+        }
+        n
     }
 
     /// Renames value `from` to `to` everywhere (node inputs/outputs, graph inputs/outputs,

@@ -16,20 +16,6 @@ pub fn optimize_for_inference(g: &Graph) -> Result<Graph> {
     Ok(out)
 }
 
-/// How many nodes read each value (graph outputs count as readers).
-fn readers(g: &Graph) -> HashMap<String, usize> {
-    let mut n: HashMap<String, usize> = HashMap::new();
-    for node in &g.nodes {
-        for i in node.inputs.iter().filter(|i| !i.is_empty()) {
-            *n.entry(i.clone()).or_default() += 1;
-        }
-    }
-    for o in &g.outputs {
-        *n.entry(o.clone()).or_default() += 1;
-    }
-    n
-}
-
 /// w' = w·s, b' = (b − mean)·s + beta with s = scale/√(var + eps), per output channel
 /// (computed in f64, stored in the weight's dtype).
 /// w: (M, C/group, KH, KW); b, scale, beta, mean, var: (M).
@@ -55,7 +41,8 @@ fn fold(w: &Tensor, b: Option<&Tensor>, bn: [&Tensor; 4], eps: f64) -> Result<Op
 }
 
 fn fold_batchnorm(g: &mut Graph) -> Result<()> {
-    let n_readers = readers(g);
+    // Owned: the loop below rewrites g's nodes.
+    let n_readers: HashMap<String, usize> = g.reader_counts().into_iter().map(|(k, v)| (k.to_owned(), v)).collect();
     let producer: HashMap<String, usize> =
         g.nodes.iter().enumerate().flat_map(|(i, n)| n.outputs.iter().map(move |o| (o.clone(), i))).collect();
     let mut drop = vec![false; g.nodes.len()];
