@@ -5,7 +5,7 @@
 
 use crate::{DType, Elem, Result, Tensor};
 use cnnkit_kernels::conv::Epilogue;
-use cnnkit_kernels::fused::{InvertedResidual, Pointwise};
+use cnnkit_kernels::fused::{InvertedResidual, Pointwise, Stem};
 
 /// One convolution of the block: weight, optional bias, and the activation after it.
 #[derive(Clone, Copy, Debug)]
@@ -15,12 +15,23 @@ pub struct FusedConv<'a> {
     pub ep: Epilogue,
 }
 
+/// A stride-2 convolution (one group) that makes the block's input from x: weight (C_in,
+/// C_img, KH, KW), zero padding (rows, columns) on both sides.
+#[derive(Clone, Copy, Debug)]
+pub struct StemArgs<'a> {
+    pub conv: FusedConv<'a>,
+    pub padding: (usize, usize),
+}
+
 /// MobileNetV2's inverted residual block (inference): y = after(project(dw(expand(x))) +
 /// residual). expand and project are 1×1 convolutions (weights (C_mid, C_in, 1, 1) and
 /// (C_out, C_mid, 1, 1)); dw is a 3×3 depthwise convolution with padding 1 and stride 1 or 2
-/// (weight (C_mid, 1, 3, 3)). x: (N, C_in, H, W); residual: (N, C_out, OH, OW).
+/// (weight (C_mid, 1, 3, 3)). x: (N, C_in, H, W); residual: (N, C_out, OH, OW). With a stem
+/// (and no expansion), x is the image (N, C_img, H_img, W_img) and the block's input is
+/// stem(x).
 #[derive(Clone, Copy, Debug)]
 pub struct InvertedResidualArgs<'a> {
+    pub stem: Option<StemArgs<'a>>,
     pub expand: Option<FusedConv<'a>>,
     pub dw: FusedConv<'a>,
     pub stride: usize,
@@ -35,15 +46,27 @@ pub struct InvertedResidualArgs<'a> {
 /// the shape above, a residual of the output's shape, autograd not recording, and the
 /// kernel's own conditions ([`InvertedResidual::applies`]).
 pub fn inverted_residual(x: &Tensor, a: &InvertedResidualArgs) -> Result<Option<Tensor>> {
-    let convs = a.expand.iter().chain([&a.dw, &a.project]);
+    let convs = a.stem.iter().map(|s| &s.conv).chain(&a.expand).chain([&a.dw, &a.project]);
     let tensors = || convs.clone().flat_map(|c| std::iter::once(c.w).chain(c.b)).chain(a.residual).chain([x]);
     if crate::is_grad_enabled() && tensors().any(|t| t.requires_grad()) {
         return Ok(None);
     }
-    let (Ok([n, c_in, h, w]), Some(&c_mid), Some(&c_out)) =
+    let (Ok([n, c_x, h_x, w_x]), Some(&c_mid), Some(&c_out)) =
         (<[usize; 4]>::try_from(x.shape()), a.dw.w.shape().first(), a.project.w.shape().first())
     else {
         return Ok(None);
+    };
+    // The block's input plane: x's, or the stem's output.
+    let (stem, (c_in, h, w)) = match &a.stem {
+        None => (None, (c_x, h_x, w_x)),
+        Some(st) => {
+            let Ok([c, c_img, kh, kw]) = <[usize; 4]>::try_from(st.conv.w.shape()) else { return Ok(None) };
+            let (ph, pw) = st.padding;
+            if c_img != c_x || h_x + 2 * ph < kh || w_x + 2 * pw < kw || st.conv.b.is_some_and(|b| b.shape() != [c]) {
+                return Ok(None);
+            }
+            ((Some((st, c_img, kh, kw))), (c, (h_x + 2 * ph - kh) / 2 + 1, (w_x + 2 * pw - kw) / 2 + 1))
+        }
     };
     let pointwise = |t: &Tensor, m: usize, k: usize| t.shape() == [m, k, 1, 1];
     let bias_ok = |c: &FusedConv, m: usize| c.b.is_none_or(|b| b.shape() == [m]);
@@ -67,6 +90,9 @@ pub fn inverted_residual(x: &Tensor, a: &InvertedResidualArgs) -> Result<Option<
     else {
         return Ok(None);
     };
+    let (Some(sw), Some(sb)) = (opt(a.stem.map(|s| s.conv.w))?, opt(a.stem.and_then(|s| s.conv.b))?) else {
+        return Ok(None);
+    };
     let data = Borrowed::data_opt;
     let blk = InvertedResidual {
         c_in,
@@ -75,6 +101,15 @@ pub fn inverted_residual(x: &Tensor, a: &InvertedResidualArgs) -> Result<Option<
         h,
         w,
         expand: a.expand.as_ref().zip(data(&ew)).map(|(e, w)| Pointwise { w, b: data(&eb), ep: e.ep }),
+        stem: stem.zip(data(&sw)).map(|((st, c_img, kh, kw), w)| Stem {
+            c_img,
+            h: h_x,
+            w: w_x,
+            kh,
+            kw,
+            padding: st.padding,
+            conv: Pointwise { w, b: data(&sb), ep: st.conv.ep },
+        }),
         dw_w: dw.data(),
         dw_b: data(&db),
         dw_ep: a.dw.ep,

@@ -1,8 +1,9 @@
 //! Times MobileNetV2's inverted residual blocks at batch 1, layer by layer against the fused
-//! kernel (`cnnkit_kernels::fused`).
+//! kernel (`cnnkit_kernels::fused`), then the stem and the first block: the stem's own kernel
+//! and the fused block against the block that makes the stem's rows itself.
 //! Run: cargo run --release -p cnnkit-kernels --example fused_block [ITERS]
 use cnnkit_kernels::conv::{conv2d_forward_ep, ConvGeom, Epilogue};
-use cnnkit_kernels::fused::{forward, InvertedResidual, Pointwise};
+use cnnkit_kernels::fused::{forward, InvertedResidual, Pointwise, Stem};
 use std::time::Instant;
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -11,6 +12,12 @@ fn median(mut v: Vec<f64>) -> f64 {
 }
 
 fn main() {
+    // On a pool worker, as a network runs (`Graph::run`): a parallel section called from
+    // outside the pool would pay for waking it and for putting this thread to sleep.
+    rayon::scope(|_| run());
+}
+
+fn run() {
     let iters: usize = std::env::args().nth(1).and_then(|s| s.parse().ok()).unwrap_or(200);
     // (C_in, expansion, C_out, H, stride)
     let blocks = [
@@ -40,6 +47,7 @@ fn main() {
             h,
             w: h,
             expand: (t > 1).then_some(Pointwise { w: &ew, b: Some(&eb), ep: relu6 }),
+            stem: None,
             dw_w: &dw,
             dw_b: Some(&db),
             dw_ep: relu6,
@@ -99,4 +107,44 @@ fn main() {
             if blk.applies() { "" } else { " (not applicable)" }
         );
     }
+    stem_and_first_block(iters);
+}
+
+fn stem_and_first_block(iters: usize) {
+    let r = |n: usize| (0..n).map(|i| ((i * 7919 % 1000) as f32 / 1000.0 - 0.5) * 0.2).collect::<Vec<f32>>();
+    // Leaked so the blocks can hold them in a closure's return value.
+    let r = |n: usize| -> &'static [f32] { r(n).leak() };
+    let (img, sw, sb, dw, db, pw, pb) = (r(3 * 224 * 224), r(32 * 27), r(32), r(32 * 9), r(32), r(16 * 32), r(16));
+    let relu6 = Epilogue::Clamp(0.0, 6.0);
+    let g =
+        ConvGeom { n: 1, c_in: 3, h: 224, w: 224, c_out: 32, kh: 3, kw: 3, stride: (2, 2), padding: (1, 1), dilation: (1, 1), groups: 1 };
+    let stem = Stem { c_img: 3, h: 224, w: 224, kh: 3, kw: 3, padding: (1, 1), conv: Pointwise { w: sw, b: Some(sb), ep: relu6 } };
+    let blk = |stem: Option<Stem<'static>>| InvertedResidual {
+        c_in: 32,
+        c_mid: 32,
+        c_out: 16,
+        h: 112,
+        w: 112,
+        expand: None,
+        stem,
+        dw_w: dw,
+        dw_b: Some(db),
+        dw_ep: relu6,
+        stride: 1,
+        project: Pointwise { w: pw, b: Some(pb), ep: Epilogue::None },
+        after: Epilogue::None,
+    };
+    let (plain, fused) = (blk(None), blk(Some(stem)));
+    let (mut x, mut y, mut y2) = (vec![0f32; 32 * 112 * 112], vec![0f32; 16 * 112 * 112], vec![0f32; 16 * 112 * 112]);
+    let (mut ta, mut tb) = (vec![], vec![]);
+    for _ in 0..iters {
+        let t0 = Instant::now();
+        conv2d_forward_ep(&g, img, sw, Some(sb), relu6, &mut x);
+        forward(&plain, 1, &x, None, &mut y);
+        ta.push(t0.elapsed().as_secs_f64() * 1e3);
+        let t0 = Instant::now();
+        forward(&fused, 1, img, None, &mut y2);
+        tb.push(t0.elapsed().as_secs_f64() * 1e3);
+    }
+    println!("stem 3→32 s2 @224 + 32→32→16 @112: stem, then block {:.3} ms; block with the stem {:.3} ms", median(ta), median(tb));
 }

@@ -10,6 +10,11 @@
 //! that window, and projects the strip straight into the output, adding bias, residual and
 //! activations on the way. Only the block's input and output touch memory.
 //!
+//! A block without expansion may instead take its input from a network's stem, a stride-2
+//! convolution of the image ([`Stem`]: MobileNetV2's 3→32 3×3 before its first block). The
+//! stem's output rows are then made in the window like expanded rows (gathered taps and the
+//! pointwise kernel, as `crate::direct` does), and its 32×112×112 output never reaches memory.
+//!
 //! f32 with AVX-512 (the depthwise strip kernel); [`InvertedResidual::applies`] says when.
 
 use crate::conv::{Epilogue, SyncPtr};
@@ -23,8 +28,43 @@ pub struct Pointwise<'a> {
     pub ep: Epilogue,
 }
 
+/// A stride-2 convolution (one group, no dilation) whose output is the block's input: the
+/// block reads the image and makes the stem's rows itself. w: (C_in of the block, C_img, KH,
+/// KW); b: (C_in of the block).
+#[derive(Clone, Copy, Debug)]
+pub struct Stem<'a> {
+    pub c_img: usize,
+    pub h: usize,
+    pub w: usize,
+    pub kh: usize,
+    pub kw: usize,
+    /// Zero padding (rows, columns), on both sides.
+    pub padding: (usize, usize),
+    pub conv: Pointwise<'a>,
+}
+
+impl Stem<'_> {
+    /// The stem as a convolution producing `c_out` channels, for one image.
+    fn geom(&self, c_out: usize) -> crate::conv::ConvGeom {
+        crate::conv::ConvGeom {
+            n: 1,
+            c_in: self.c_img,
+            h: self.h,
+            w: self.w,
+            c_out,
+            kh: self.kh,
+            kw: self.kw,
+            stride: (2, 2),
+            padding: self.padding,
+            dilation: (1, 1),
+            groups: 1,
+        }
+    }
+}
+
 /// The block: y = after(ep_p(project(dw(expand(x)))) + residual), each layer with its bias and
-/// activation. x: (N, C_in, H, W); y and the residual: (N, C_out, OH, OW).
+/// activation. x: (N, C_in, H, W), or with a stem the image (N, C_img, H_img, W_img) whose
+/// stem output is (N, C_in, H, W); y and the residual: (N, C_out, OH, OW).
 #[derive(Clone, Copy, Debug)]
 pub struct InvertedResidual<'a> {
     pub c_in: usize,
@@ -34,6 +74,8 @@ pub struct InvertedResidual<'a> {
     pub w: usize,
     /// (C_mid, C_in); None when the block has no expansion (C_mid = C_in).
     pub expand: Option<Pointwise<'a>>,
+    /// The convolution that makes the block's input from x (only without expansion).
+    pub stem: Option<Stem<'a>>,
     /// The depthwise 3×3 pad-1 filters, (C_mid, 1, 3, 3), with bias (C_mid) and activation.
     pub dw_w: &'a [f32],
     pub dw_b: Option<&'a [f32]>,
@@ -77,9 +119,13 @@ impl InvertedResidual<'_> {
         let (oh, ow) = if self.h > 0 && self.w > 0 && self.stride > 0 { self.out_hw() } else { (0, 0) };
         let sized = |p: &Pointwise, m: usize, k: usize| p.w.len() == m * k && p.b.is_none_or(|b| b.len() == m);
         let expand_ok = match &self.expand {
-            Some(e) => sized(e, self.c_mid, self.c_in),
+            Some(e) => sized(e, self.c_mid, self.c_in) && self.stem.is_none(),
             None => self.c_mid == self.c_in,
         };
+        let stem_ok = self.stem.as_ref().is_none_or(|st| {
+            let g = st.geom(self.c_in);
+            crate::direct::applies(&g) && g.out_hw() == Some((self.h, self.w)) && sized(&st.conv, self.c_in, g.col_rows())
+        });
         (self.stride == 1 || self.stride == 2)
             && oh * ow >= MIN_OUT_PIXELS
             && self.c_in > 0
@@ -87,23 +133,37 @@ impl InvertedResidual<'_> {
             && self.c_mid <= MAX_MID_CHANNELS
             && self.c_out > 0
             && expand_ok
+            && stem_ok
             && self.dw_w.len() == self.c_mid * 9
             && self.dw_b.is_none_or(|b| b.len() == self.c_mid)
             && sized(&self.project, self.c_out, self.c_mid)
             && available()
     }
 
-    /// Output rows per strip: the rolling window ((R − 1)·S + 3 expanded rows) and the strip's
-    /// depthwise output (R rows) within [`STRIP_FLOATS`].
+    /// Output rows per strip: the rolling window ((R − 1)·S + 3 expanded rows), the strip's
+    /// depthwise output (R rows) and a stem's taps (K per window row) within [`STRIP_FLOATS`].
     fn strip_rows(&self) -> usize {
         let (_, ow) = self.out_hw();
-        let per_row = self.c_mid * (self.stride * self.w + ow);
-        let fixed = self.c_mid * 3 * self.w;
+        let k = self.stem_k();
+        let per_row = (self.c_mid + k) * self.stride * self.w + self.c_mid * ow;
+        let fixed = (self.c_mid + k) * 3 * self.w;
         (STRIP_FLOATS.saturating_sub(fixed) / per_row.max(1)).max(1)
     }
 }
 
-/// Runs the block on `n` images. x: (N, C_in, H, W); residual: (N, C_out, OH, OW) when the
+impl InvertedResidual<'_> {
+    /// K = C_img·KH·KW of the stem's taps, 0 without one.
+    fn stem_k(&self) -> usize {
+        self.stem.as_ref().map_or(0, |st| st.c_img * st.kh * st.kw)
+    }
+
+    /// Elements of one image of x: the block's input, or with a stem the image.
+    fn x_image_len(&self) -> usize {
+        self.stem.as_ref().map_or(self.c_in * self.h * self.w, |st| st.c_img * st.h * st.w)
+    }
+}
+
+/// Runs the block on `n` images. x: (N, C_in, H, W) (with a stem: the image); residual: (N, C_out, OH, OW) when the
 /// block adds one; y: (N, C_out, OH, OW) (overwritten). Each image's output rows split into
 /// one contiguous range per thread (fewer ranges per image when the batch is larger), so a
 /// range's strips share their window and only range boundaries expand rows twice.
@@ -111,7 +171,7 @@ impl InvertedResidual<'_> {
 pub fn forward(blk: &InvertedResidual, n: usize, x: &[f32], residual: Option<&[f32]>, y: &mut [f32]) {
     assert!(blk.applies(), "fused inverted residual: unsupported block");
     let (oh, ow) = blk.out_hw();
-    let (x_img, y_img) = (blk.c_in * blk.h * blk.w, blk.c_out * oh * ow);
+    let (x_img, y_img) = (blk.x_image_len(), blk.c_out * oh * ow);
     assert!(x.len() >= n * x_img && y.len() >= n * y_img && residual.is_none_or(|r| r.len() >= n * y_img));
     let t = crate::num_threads();
     let ranges = t.div_ceil(n.max(1)).min(oh).max(1);
@@ -137,8 +197,8 @@ pub fn forward(blk: &InvertedResidual, n: usize, x: &[f32], residual: Option<&[f
     }
 }
 
-/// Output rows `out_rows` of one image, strip by strip. x: (C_in, H, W); residual and y:
-/// (C_out, OH, OW).
+/// Output rows `out_rows` of one image, strip by strip. x: (C_in, H, W) (with a stem: the
+/// image); residual and y: (C_out, OH, OW).
 ///
 /// # Safety
 /// `y` points at the image's output; rows `out_rows` of every channel are not accessed by
@@ -150,9 +210,13 @@ unsafe fn rows(blk: &InvertedResidual, x: &[f32], residual: Option<&[f32]>, y: *
     let r_max = blk.strip_rows().min(out_rows.len());
     // Window capacity in rows: a strip of R output rows reads (R − 1)·S + 3 input rows.
     let cap = (r_max - 1) * s + 3;
-    let window_len = if blk.expand.is_some() { c_mid * cap * wd } else { 0 };
-    crate::packed::with_local(window_len + c_mid * r_max * ow, |buf| {
-        let (win, dwo) = buf.split_at_mut(window_len);
+    let windowed = blk.expand.is_some() || blk.stem.is_some();
+    let window_len = if windowed { c_mid * cap * wd } else { 0 };
+    // A stem's taps for the window rows made at once (at most `cap`).
+    let taps_len = blk.stem_k() * cap * wd;
+    crate::packed::with_local(window_len + c_mid * r_max * ow + taps_len, |buf| {
+        let (win, rest) = buf.split_at_mut(window_len);
+        let (dwo, taps) = rest.split_at_mut(c_mid * r_max * ow);
         // Expanded rows e_lo .. e_hi are held in the window, row e at win[c·cap·W + (e − e_lo)·W].
         let (mut e_lo, mut e_hi) = (0usize, 0usize);
         for o0 in out_rows.clone().step_by(r_max) {
@@ -160,9 +224,9 @@ unsafe fn rows(blk: &InvertedResidual, x: &[f32], residual: Option<&[f32]>, y: *
             // Input rows the strip's taps read: S·o0 − 1 ..= S·(o1 − 1) + 1, inside the plane.
             let (lo, hi) = ((s * o0).saturating_sub(1), (s * (o1 - 1) + 2).min(h));
             // The strip's depthwise input: channel c's rows from `lo`, `ld` floats apart.
-            let (src, ld): (*const f32, usize) = match &blk.expand {
-                None => (x.as_ptr().add(lo * wd), plane),
-                Some(e) => {
+            let (src, ld): (*const f32, usize) = match windowed {
+                false => (x.as_ptr().add(lo * wd), plane),
+                true => {
                     if e_hi <= lo || e_lo > lo {
                         // Nothing kept is needed (the first strip, or a stride-2 gap).
                         (e_lo, e_hi) = (lo, lo);
@@ -176,18 +240,29 @@ unsafe fn rows(blk: &InvertedResidual, x: &[f32], residual: Option<&[f32]>, y: *
                     }
                     if hi > e_hi {
                         let cols = (hi - e_hi) * wd;
+                        // B (K, cols): the input planes' rows e_hi .. hi, or a stem's taps
+                        // for its output rows e_hi .. hi.
+                        let (conv, k, b, ldb) = match (&blk.expand, &blk.stem) {
+                            (Some(e), _) => (e, blk.c_in, x.as_ptr().add(e_hi * wd), plane),
+                            (None, Some(st)) => {
+                                let k = blk.stem_k();
+                                // SAFETY: taps holds K·cap·W ≥ K·cols floats.
+                                crate::direct::gather(&st.geom(c_mid), x, e_hi, hi, &mut taps[..k * cols]);
+                                (&st.conv, k, taps.as_ptr(), cols)
+                            }
+                            (None, None) => unreachable!("windowed"),
+                        };
                         // SAFETY: row c of the product lands in channel c's window rows
-                        // e_hi .. hi (cap·W apart), inside the window (hi − e_lo ≤ cap); B's
-                        // rows are the input planes' rows e_hi .. hi.
+                        // e_hi .. hi (cap·W apart), inside the window (hi − e_lo ≤ cap).
                         crate::pointwise::run(&crate::pointwise::Operands {
                             m: c_mid,
                             n: cols,
-                            k: blk.c_in,
-                            a: e.w.as_ptr(),
-                            b: x.as_ptr().add(e_hi * wd),
-                            ldb: plane,
-                            bias: e.b.map(|b| b.as_ptr()),
-                            ep: e.ep,
+                            k,
+                            a: conv.w.as_ptr(),
+                            b,
+                            ldb,
+                            bias: conv.b.map(|b| b.as_ptr()),
+                            ep: conv.ep,
                             residual: None,
                             after: Epilogue::None,
                             y: win.as_mut_ptr().add((e_hi - e_lo) * wd),
@@ -255,9 +330,16 @@ mod tests {
             ep.apply(&mut y);
             y.into_iter().map(|v| v as f32).collect()
         };
-        let mid = match &blk.expand {
-            Some(e) => conv(&pw(blk.c_in, blk.c_mid, h, w), x, e.w, e.b, e.ep),
+        let x = match &blk.stem {
+            Some(st) => {
+                let g = ConvGeom { n, ..st.geom(blk.c_in) };
+                conv(&g, x, st.conv.w, st.conv.b, st.conv.ep)
+            }
             None => x.to_vec(),
+        };
+        let mid = match &blk.expand {
+            Some(e) => conv(&pw(blk.c_in, blk.c_mid, h, w), &x, e.w, e.b, e.ep),
+            None => x,
         };
         let dg = ConvGeom {
             n,
@@ -303,6 +385,7 @@ mod tests {
             let blk = InvertedResidual {
                 c_in, c_mid, c_out, h, w,
                 expand: expand.then_some(Pointwise { w: &ew, b: Some(&eb), ep }),
+                stem: None,
                 dw_w: &dw, dw_b: Some(&db), dw_ep: ep, stride,
                 project: Pointwise { w: &pw, b: Some(&pb), ep: Epilogue::None },
                 after: if residual { ep } else { Epilogue::None },
@@ -318,6 +401,72 @@ mod tests {
                 prop_assert!((a - b).abs() <= 1e-5 * scale, "element {i}: {a} vs {b}");
             }
         }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(16))]
+        /// A block that makes its input from the image (a stem): kernels 1 to 7 with any
+        /// padding they allow, strips at stride 1 and 2, images and ranges over threads.
+        #[test]
+        fn fused_block_with_stem_matches_layers(
+            n in 1usize..3, c_img in 1usize..4, c_in in 1usize..20, c_out in 1usize..20, k in 1usize..8, pad in 0usize..4,
+            h in 28usize..90, w in 28usize..90, stride in 1usize..3, residual in any::<bool>(), seed in 0u64..10_000,
+        ) {
+            prop_assume!(crate::packed::available() && pad < k);
+            let stride = if residual { 1 } else { stride };
+            let c_out = if residual { c_in } else { c_out };
+            let (bh, bw) = ((h + 2 * pad - k) / 2 + 1, (w + 2 * pad - k) / 2 + 1);
+            let mut sd = seed;
+            let (xw, sw, sb) = (rand_vec(n * c_img * h * w, &mut sd), rand_vec(c_in * c_img * k * k, &mut sd), rand_vec(c_in, &mut sd));
+            let (dw, db) = (rand_vec(c_in * 9, &mut sd), rand_vec(c_in, &mut sd));
+            let (pw, pb) = (rand_vec(c_out * c_in, &mut sd), rand_vec(c_out, &mut sd));
+            let relu6 = Epilogue::Clamp(0.0, 6.0);
+            let blk = InvertedResidual {
+                c_in, c_mid: c_in, c_out, h: bh, w: bw,
+                expand: None,
+                stem: Some(Stem { c_img, h, w, kh: k, kw: k, padding: (pad, pad), conv: Pointwise { w: &sw, b: Some(&sb), ep: relu6 } }),
+                dw_w: &dw, dw_b: Some(&db), dw_ep: relu6, stride,
+                project: Pointwise { w: &pw, b: Some(&pb), ep: Epilogue::None },
+                after: Epilogue::None,
+            };
+            prop_assume!(blk.applies());
+            let (oh, ow) = blk.out_hw();
+            let res = residual.then(|| rand_vec(n * c_out * oh * ow, &mut sd));
+            let want = unfused(&blk, n, &xw, res.as_deref());
+            let mut got = vec![f32::NAN; want.len()];
+            forward(&blk, n, &xw, res.as_deref(), &mut got);
+            let scale = want.iter().fold(1.0f32, |m, v| m.max(v.abs()));
+            for (i, (a, b)) in got.iter().zip(&want).enumerate() {
+                prop_assert!((a - b).abs() <= 1e-5 * scale, "element {i}: {a} vs {b}");
+            }
+        }
+    }
+
+    /// A stem whose output plane is not the block's input plane, or with an expansion, is
+    /// refused.
+    #[test]
+    fn stem_must_fit_the_block() {
+        let (sw, dw, pw, ew) = (vec![0.0; 32 * 27], vec![0.0; 32 * 9], vec![0.0; 16 * 32], vec![0.0; 32 * 32]);
+        let stem =
+            Stem { c_img: 3, h: 224, w: 224, kh: 3, kw: 3, padding: (1, 1), conv: Pointwise { w: &sw, b: None, ep: Epilogue::None } };
+        let blk = |h: usize, expand: bool| InvertedResidual {
+            c_in: 32,
+            c_mid: 32,
+            c_out: 16,
+            h,
+            w: 112,
+            expand: expand.then_some(Pointwise { w: &ew, b: None, ep: Epilogue::None }),
+            stem: Some(stem),
+            dw_w: &dw,
+            dw_b: None,
+            dw_ep: Epilogue::None,
+            stride: 1,
+            project: Pointwise { w: &pw, b: None, ep: Epilogue::None },
+            after: Epilogue::None,
+        };
+        assert_eq!(blk(112, false).applies(), available());
+        assert!(!blk(111, false).applies());
+        assert!(!blk(112, true).applies());
     }
 
     /// Small strips: a block whose strip is one or two rows, so the window moves every row.
@@ -338,6 +487,7 @@ mod tests {
                 h,
                 w,
                 expand: Some(Pointwise { w: &ew, b: None, ep: Epilogue::Relu }),
+                stem: None,
                 dw_w: &dw,
                 dw_b: None,
                 dw_ep: Epilogue::Clamp(0.0, 6.0),

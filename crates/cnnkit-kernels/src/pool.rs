@@ -456,6 +456,9 @@ pub fn adaptive_range(o: usize, inp: usize, out: usize) -> (usize, usize) {
 
 /// x: (P, H, W); y: (P, OH, OW).
 pub fn adaptive_avg_pool2d<T: Float>(h: usize, w: usize, oh: usize, ow: usize, x: &[T], y: &mut [T]) {
+    if oh == 1 && ow == 1 {
+        return global_avg_pool(h * w, x, y);
+    }
     y.par_chunks_mut(oh * ow).enumerate().for_each(|(pi, yp)| {
         crate::simd::with_best_isa(|| {
             let xp = &x[pi * h * w..(pi + 1) * h * w];
@@ -471,6 +474,24 @@ pub fn adaptive_avg_pool2d<T: Float>(h: usize, w: usize, oh: usize, ow: usize, x
                     }
                     yp[oy * ow + ox] = s / count::<T>((he - hs) * (we - ws));
                 }
+            }
+        })
+    });
+}
+
+/// The mean of each of y.len() planes of `hw` values in x (a network's global pooling).
+/// Planes go to the threads in chunks of at least ~64 K values: MobileNetV2's 1280 planes of
+/// 7×7 are one chunk (one task per plane had cost more than the sums).
+fn global_avg_pool<T: Float>(hw: usize, x: &[T], y: &mut [T]) {
+    if hw == 0 {
+        return y.fill(T::nan());
+    }
+    let per = (1 << 16) / hw + 1;
+    y.par_chunks_mut(per).enumerate().for_each(|(c, yc)| {
+        let xc = &x[c * per * hw..][..yc.len() * hw];
+        crate::simd::with_best_isa(|| {
+            for (o, plane) in yc.iter_mut().zip(xc.chunks_exact(hw)) {
+                *o = T::from_f64(crate::simd::sum_f64(plane) / hw as f64).unwrap_or_else(T::nan);
             }
         })
     });

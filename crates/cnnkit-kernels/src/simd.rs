@@ -132,6 +132,21 @@ pub fn zip<T: Copy + Send + Sync, U: Copy + Send + Sync>(a: &[T], b: &[T], f: im
     })
 }
 
+/// Σ c in f64, on the calling thread (inline it into a [`with_best_isa`] closure).
+#[inline(always)]
+pub fn sum_f64<T: crate::Float>(c: &[T]) -> f64 {
+    // Eight independent partial sums let the loop vectorise without reassociation.
+    let mut acc = [0f64; 8];
+    let mut it = c.chunks_exact(8);
+    for ch in &mut it {
+        for k in 0..8 {
+            acc[k] += ch[k].to_f64().unwrap_or(0.0);
+        }
+    }
+    let tail: f64 = it.remainder().iter().map(|v| v.to_f64().unwrap_or(0.0)).sum();
+    acc.iter().sum::<f64>() + tail
+}
+
 /// Σ rows of length `r`: out[j] = Σ x[j·r .. (j+1)·r], accumulated in f64 for accuracy.
 pub fn row_sums<T: crate::Float>(x: &[T], r: usize) -> Vec<f64> {
     use rayon::prelude::*;
@@ -139,20 +154,7 @@ pub fn row_sums<T: crate::Float>(x: &[T], r: usize) -> Vec<f64> {
         return vec![0.0; 0];
     }
     let rows = x.len() / r;
-    let sum_row = |c: &[T]| -> f64 {
-        with_best_isa(|| {
-            // Eight independent partial sums let the loop vectorise without reassociation.
-            let mut acc = [0f64; 8];
-            let mut it = c.chunks_exact(8);
-            for ch in &mut it {
-                for k in 0..8 {
-                    acc[k] += ch[k].to_f64().unwrap_or(0.0);
-                }
-            }
-            let tail: f64 = it.remainder().iter().map(|v| v.to_f64().unwrap_or(0.0)).sum();
-            acc.iter().sum::<f64>() + tail
-        })
-    };
+    let sum_row = |c: &[T]| with_best_isa(|| sum_f64(c));
     if x.len() >= 2 * CHUNK && rows > 1 {
         x.par_chunks(r).map(sum_row).collect()
     } else {

@@ -71,7 +71,7 @@ graph_tests!(
 /// MobileNetV2's and ShuffleNetV2's blocks run as one fused kernel in the planned graph
 /// (`cnnkit_kernels::fused`) where their planes allow, and compute what the unfused graph
 /// computes. At 128×128 input the blocks whose output plane has ≥ 196 pixels fuse: MobileNetV2's
-/// six on 64², 32² and 16² planes; ShuffleNetV2's stage-2 branches (pw → dw → pw, and the
+/// six on 64², 32² and 16² planes (the first with the stem convolution before it); ShuffleNetV2's stage-2 branches (pw → dw → pw, and the
 /// downsampling unit's dw → pw) on 16² planes. The 8×8 and 4×4 blocks run node by node.
 #[test]
 fn inverted_residual_blocks_run_fused() {
@@ -90,6 +90,9 @@ fn inverted_residual_blocks_run_fused() {
             let blocks = times.iter().filter(|t| t.op == "InvertedResidual").count();
             if cnnkit_kernels::fused::available() {
                 assert_eq!(blocks, fused, "{name}: fused blocks: {times:?}");
+                // MobileNetV2's stem runs inside its first block (no Conv 3→32 of its own).
+                let stem = times.iter().filter(|t| t.detail.starts_with("3→32 3×3 s2 + 32→32→16 s1")).count();
+                assert_eq!(stem, usize::from(name == "mobilenet_v2"), "{name}: {times:?}");
             }
         }
     }

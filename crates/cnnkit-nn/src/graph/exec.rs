@@ -183,7 +183,7 @@ impl Graph {
     /// detail "C_in→C_mid→C_out sS", or None when the kernel does not take these operands
     /// (the caller then runs the nodes one by one).
     fn run_block<'a>(&self, b: &super::fuse::BlockPlan, value: &impl Fn(&str) -> Option<&'a Tensor>) -> R<Option<(Tensor, String)>> {
-        use cnnkit_core::fused::{inverted_residual, FusedConv, InvertedResidualArgs};
+        use cnnkit_core::fused::{inverted_residual, FusedConv, InvertedResidualArgs, StemArgs};
         let input = |node: usize, k: usize| -> Option<&'a Tensor> { value(self.nodes[node].inputs.get(k).filter(|v| !v.is_empty())?) };
         let conv = |u: super::fuse::ConvUnit| -> Option<FusedConv<'a>> {
             let b = match self.nodes[u.node].inputs.get(2).filter(|v| !v.is_empty()) {
@@ -192,20 +192,30 @@ impl Graph {
             };
             Some(FusedConv { w: input(u.node, 1)?, b, ep: u.ep })
         };
-        let first = b.expand.map_or(b.dw.node, |u| u.node);
+        let first = b.stem.map(|(u, _)| u).or(b.expand).map_or(b.dw.node, |u| u.node);
         let (Some(x), Some(dw), Some(project)) = (input(first, 0), conv(b.dw), conv(b.project)) else { return Ok(None) };
         // A depthwise layer: one group per channel (a malformed group count errs unfused).
         if !matches!(self.nodes[b.dw.node].op, GraphOp::Conv { group, .. } if dw.w.shape().first() == Some(&group)) {
             return Ok(None);
         }
         // Some(None): the block has no such part; None: a part whose operand is missing.
+        let stem = b.stem.map_or(Some(None), |(u, padding)| conv(u).map(|conv| Some(StemArgs { conv, padding })));
         let expand = b.expand.map_or(Some(None), |u| conv(u).map(Some));
         let residual = b.add.map_or(Some(None), |(a, r, _)| input(a, r).map(Some));
-        let (Some(expand), Some(residual)) = (expand, residual) else { return Ok(None) };
+        let (Some(stem), Some(expand), Some(residual)) = (stem, expand, residual) else { return Ok(None) };
         let after = b.add.map_or(Epilogue::None, |(_, _, ep)| ep);
-        let args = InvertedResidualArgs { expand, dw, stride: b.stride, project, residual, after };
+        let args = InvertedResidualArgs { stem, expand, dw, stride: b.stride, project, residual, after };
         let Some(y) = inverted_residual(x, &args)? else { return Ok(None) };
-        let detail = format!("{}→{}→{} s{}", x.shape()[1], dw.w.shape()[0], project.w.shape()[0], b.stride);
+        let (c_mid, c_out) = (dw.w.shape()[0], project.w.shape()[0]);
+        // "C_in→C_mid→C_out sS", after "C_img→C_in KH×KW s2 + " with a stem (the kernel checked
+        // that its weight is 4-D).
+        let detail = match stem {
+            Some(st) => {
+                let s = st.conv.w.shape();
+                format!("{}→{} {}×{} s2 + {c_mid}→{c_mid}→{c_out} s{}", s[1], s[0], s[2], s[3], b.stride)
+            }
+            None => format!("{}→{c_mid}→{c_out} s{}", x.shape()[1], b.stride),
+        };
         Ok(Some((y, detail)))
     }
 }
@@ -536,6 +546,10 @@ pub(crate) fn eval(op: &GraphOp, args: &[Option<Tensor>], n_out: usize) -> R<Vec
             }
             let dims: Vec<isize> = (2..x.ndim() as isize).collect();
             if *op == GlobalAveragePool {
+                if x.ndim() == 4 && x.shape()[2] * x.shape()[3] > 0 {
+                    // The pooling kernel: one pass, no reduction view (3–4× faster at 1280×7×7).
+                    return one(x.adaptive_avg_pool2d((1, 1))?);
+                }
                 return one(x.mean(&dims, true)?);
             }
             let mut y = x.clone();

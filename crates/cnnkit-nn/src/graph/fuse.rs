@@ -1,6 +1,8 @@
 //! Chains of nodes the inference executor runs as one fused kernel. Today: MobileNetV2's
 //! inverted residual block — Conv 1×1 (+act) → depthwise Conv 3×3 (+act) → Conv 1×1 (+act)
-//! [→ Add of the block's input (+act)] — as `cnnkit_core::fused::inverted_residual`, which
+//! [→ Add of the block's input (+act)], or without the 1×1 expansion, then optionally after
+//! the stride-2 Conv (+act) that makes its input (a network's stem) — as
+//! `cnnkit_core::fused::inverted_residual`, which
 //! keeps the expanded activations in cache instead of writing them to memory and reading them
 //! back (see `cnnkit_kernels::fused`). The match is by structure, so torchvision's ONNX export
 //! and cnnkit's zoo model fuse alike; shapes and dtypes are checked when the block runs, and
@@ -21,6 +23,8 @@ pub(super) struct ConvUnit {
 #[derive(Clone, Debug)]
 pub(super) struct BlockPlan {
     pub end: usize,
+    /// A stride-2 convolution making the block's input, and its padding (rows, columns).
+    pub stem: Option<(ConvUnit, (usize, usize))>,
     pub expand: Option<ConvUnit>,
     pub dw: ConvUnit,
     pub stride: usize,
@@ -54,14 +58,23 @@ pub(super) fn inverted_residual_blocks(g: &Graph, fused: &[Option<Epilogue>], re
         Some((k, [s, t], p, d, grp)) if k == [3, 3] && s == t && (s == 1 || s == 2) && p == [1; 4] && d == [1, 1] && grp > 1 => Some(s),
         _ => None,
     };
+    // A stride-2 convolution of one group with symmetric padding, kernels at most 8 wide (the
+    // stem kernel's limits on K are checked on the weights later).
+    let stem = |i: usize| match conv(i) {
+        Some((k, [2, 2], [t, l, b, r], [1, 1], 1)) if t == b && l == r && k[1] <= 8 => Some((t, l)),
+        _ => None,
+    };
     let reads = |i: usize, v: &str| g.nodes[i].inputs.first().is_some_and(|x| x == v);
     (0..g.nodes.len())
         .map(|i| {
-            let (expand, mut at, mut x_out) = if pointwise(i) {
+            let (stem, expand, mut at, mut x_out) = if pointwise(i) {
                 let (u, next, out) = unit(i)?;
-                (Some(u), next, Some(out))
+                (None, Some(u), next, Some(out))
+            } else if let Some(pads) = stem(i) {
+                let (u, next, out) = unit(i)?;
+                (Some((u, pads)), None, next, Some(out))
             } else {
-                (None, i, None)
+                (None, None, i, None)
             };
             let stride = depthwise(at)?;
             if x_out.is_some_and(|v| !only_reader(v) || !reads(at, v)) {
@@ -87,7 +100,7 @@ pub(super) fn inverted_residual_blocks(g: &Graph, fused: &[Option<Epilogue>], re
                 }
                 None => (at, None),
             };
-            Some(BlockPlan { end, expand, dw, stride, project, add, output: x_out?.to_string() })
+            Some(BlockPlan { end, stem, expand, dw, stride, project, add, output: x_out?.to_string() })
         })
         .collect()
 }
