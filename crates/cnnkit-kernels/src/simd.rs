@@ -164,6 +164,28 @@ pub fn row_sums<T: crate::Float>(x: &[T], r: usize) -> Vec<f64> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    #[cfg(target_arch = "x86_64")]
+    fn transpose16_transposes() {
+        if !std::arch::is_x86_feature_detected!("avx512f") {
+            return;
+        }
+        use std::arch::x86_64::*;
+        let m: Vec<f32> = (0..256).map(|v| v as f32).collect();
+        let mut out = [0f32; 256];
+        // SAFETY: AVX-512F was detected; m and out hold 16 rows of 16.
+        unsafe {
+            let mut r: [__m512; 16] = std::array::from_fn(|i| _mm512_loadu_ps(m.as_ptr().add(16 * i)));
+            transpose16(&mut r);
+            r.iter().enumerate().for_each(|(j, v)| _mm512_storeu_ps(out.as_mut_ptr().add(16 * j), *v));
+        }
+        for i in 0..16 {
+            for j in 0..16 {
+                assert_eq!(out[16 * j + i], m[16 * i + j], "({i}, {j})");
+            }
+        }
+    }
+
     use super::*;
 
     #[test]
@@ -273,6 +295,47 @@ pub(crate) unsafe fn clamp_ps(
     use std::arch::x86_64::*;
     // maxps/minps return their second operand when either is NaN: v, so NaN stays NaN.
     _mm512_min_ps(hi, _mm512_max_ps(lo, v))
+}
+
+/// Transposes the 16×16 block held in `r` (row i in r[i]) in place: afterwards r[j] holds
+/// column j. Four rounds of 16 shuffles (pairs of floats, of doubles, then 128-bit lanes twice).
+///
+/// # Safety
+/// The CPU supports AVX-512F.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+#[inline]
+pub(crate) unsafe fn transpose16(r: &mut [std::arch::x86_64::__m512; 16]) {
+    use std::arch::x86_64::*;
+    let mut t = [_mm512_setzero_ps(); 16];
+    // t[2i], t[2i+1]: rows 2i and 2i+1 interleaved; per 128-bit lane L, columns 4L, 4L+1 and
+    // 4L+2, 4L+3.
+    for i in 0..8 {
+        t[2 * i] = _mm512_unpacklo_ps(r[2 * i], r[2 * i + 1]);
+        t[2 * i + 1] = _mm512_unpackhi_ps(r[2 * i], r[2 * i + 1]);
+    }
+    // r[4i+q]: per lane L, rows 4i .. 4i+3 of column 4L+q.
+    for i in 0..4 {
+        let (a, b, c, d) =
+            (_mm512_castps_pd(t[4 * i]), _mm512_castps_pd(t[4 * i + 2]), _mm512_castps_pd(t[4 * i + 1]), _mm512_castps_pd(t[4 * i + 3]));
+        r[4 * i] = _mm512_castpd_ps(_mm512_unpacklo_pd(a, b));
+        r[4 * i + 1] = _mm512_castpd_ps(_mm512_unpackhi_pd(a, b));
+        r[4 * i + 2] = _mm512_castpd_ps(_mm512_unpacklo_pd(c, d));
+        r[4 * i + 3] = _mm512_castpd_ps(_mm512_unpackhi_pd(c, d));
+    }
+    // t[8i+q]: rows 8i .. 8i+7 of columns q, 8+q (lanes 0 and 2 of each source), and
+    // t[8i+4+q] of columns 4+q, 12+q (lanes 1 and 3).
+    for i in 0..2 {
+        for q in 0..4 {
+            t[8 * i + q] = _mm512_shuffle_f32x4::<0x88>(r[8 * i + q], r[8 * i + 4 + q]);
+            t[8 * i + 4 + q] = _mm512_shuffle_f32x4::<0xdd>(r[8 * i + q], r[8 * i + 4 + q]);
+        }
+    }
+    // Rows 0 .. 7 with rows 8 .. 15: whole columns.
+    for q in 0..8 {
+        r[q] = _mm512_shuffle_f32x4::<0x88>(t[q], t[8 + q]);
+        r[q + 8] = _mm512_shuffle_f32x4::<0xdd>(t[q], t[8 + q]);
+    }
 }
 
 /// Columns 0, 2, …, 30 (`ODD` false) or 1, 3, …, 31 (`ODD` true) of the 32 consecutive
