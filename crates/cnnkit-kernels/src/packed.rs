@@ -161,9 +161,11 @@ pub fn panel_product(a: &[f32], k: usize, pb: &[f32], n: usize, ct: &mut [f32], 
             let w = NR.min(n - j0);
             let b = &pb[j0 * k + k0 * w..][..kb * w];
             let c = &mut ct[j0 * ldct..];
+            // The next panel's block follows this panel (see `PackedA::panel`).
+            let pf = if j0 == 0 { a.as_ptr().wrapping_add(k * MR) } else { a.as_ptr() };
             // SAFETY: AVX-512 checked above; a holds kb·MR, b kb·w values; c holds w rows of
             // ldct with MR values from offset 0 (asserted above).
-            unsafe { micro_dispatch(w, kb, a.as_ptr(), b.as_ptr(), w, c.as_mut_ptr(), ldct, k0 > 0) }
+            unsafe { micro_dispatch(w, kb, a.as_ptr(), b.as_ptr(), w, c.as_mut_ptr(), ldct, k0 > 0, pf) }
         }
     }
 }
@@ -259,6 +261,8 @@ pub fn gemm_bias_act_b_in_place(
                 let a = &pa.panel(p)[k0 * MR..];
                 for j0 in (c0..c1).step_by(NR) {
                     let w = NR.min(c1 - j0);
+                    // The next panel's block follows this panel (see `PackedA::panel`).
+                    let pf = if j0 == c0 { a.as_ptr().wrapping_add(k * MR) } else { a.as_ptr() };
                     // SAFETY: AVX-512 checked above; a holds kb·MR values; B's rows k0 ..
                     // k0 + kb hold columns j0 .. j0 + w (asserted above); ct holds (c1 − c0)·MR.
                     unsafe {
@@ -271,6 +275,7 @@ pub fn gemm_bias_act_b_in_place(
                             ct.as_mut_ptr().add((j0 - c0) * MR),
                             MR,
                             k0 > 0,
+                            pf,
                         )
                     }
                 }
@@ -343,31 +348,34 @@ const KC: usize = 192;
 
 #[cfg(target_arch = "x86_64")]
 #[allow(clippy::too_many_arguments)] // the tile's operands with their strides
-unsafe fn micro_dispatch(w: usize, k: usize, a: *const f32, b: *const f32, ldb: usize, c: *mut f32, ldc: usize, acc: bool) {
+unsafe fn micro_dispatch(w: usize, k: usize, a: *const f32, b: *const f32, ldb: usize, c: *mut f32, ldc: usize, acc: bool, pf: *const f32) {
     match w {
-        14 => micro::<14>(k, a, b, ldb, c, ldc, acc),
-        13 => micro::<13>(k, a, b, ldb, c, ldc, acc),
-        12 => micro::<12>(k, a, b, ldb, c, ldc, acc),
-        11 => micro::<11>(k, a, b, ldb, c, ldc, acc),
-        10 => micro::<10>(k, a, b, ldb, c, ldc, acc),
-        9 => micro::<9>(k, a, b, ldb, c, ldc, acc),
-        8 => micro::<8>(k, a, b, ldb, c, ldc, acc),
-        7 => micro::<7>(k, a, b, ldb, c, ldc, acc),
-        6 => micro::<6>(k, a, b, ldb, c, ldc, acc),
-        5 => micro::<5>(k, a, b, ldb, c, ldc, acc),
-        4 => micro::<4>(k, a, b, ldb, c, ldc, acc),
-        3 => micro::<3>(k, a, b, ldb, c, ldc, acc),
-        2 => micro::<2>(k, a, b, ldb, c, ldc, acc),
-        _ => micro::<1>(k, a, b, ldb, c, ldc, acc),
+        14 => micro::<14>(k, a, b, ldb, c, ldc, acc, pf),
+        13 => micro::<13>(k, a, b, ldb, c, ldc, acc, pf),
+        12 => micro::<12>(k, a, b, ldb, c, ldc, acc, pf),
+        11 => micro::<11>(k, a, b, ldb, c, ldc, acc, pf),
+        10 => micro::<10>(k, a, b, ldb, c, ldc, acc, pf),
+        9 => micro::<9>(k, a, b, ldb, c, ldc, acc, pf),
+        8 => micro::<8>(k, a, b, ldb, c, ldc, acc, pf),
+        7 => micro::<7>(k, a, b, ldb, c, ldc, acc, pf),
+        6 => micro::<6>(k, a, b, ldb, c, ldc, acc, pf),
+        5 => micro::<5>(k, a, b, ldb, c, ldc, acc, pf),
+        4 => micro::<4>(k, a, b, ldb, c, ldc, acc, pf),
+        3 => micro::<3>(k, a, b, ldb, c, ldc, acc, pf),
+        2 => micro::<2>(k, a, b, ldb, c, ldc, acc, pf),
+        _ => micro::<1>(k, a, b, ldb, c, ldc, acc, pf),
     }
 }
 
 /// One MR × W tile: c[j·ldc + r] (+)= Σ_k a[k·MR + r]·b[k·ldb + j] for r < MR, j < W (a
-/// packed B panel has ldb = W; B read in place has its row stride).
+/// packed B panel has ldb = W; B read in place has its row stride). Per k it also prefetches
+/// the 2 cache lines at pf + k·MR into L2: the callers point the first tile of each K block at
+/// the next panel's block, whose weights then come from L2 rather than memory (a network's
+/// other layers evict them between runs), and the other tiles at a, which is in L1.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 #[allow(clippy::too_many_arguments)]
-unsafe fn micro<const W: usize>(k: usize, a: *const f32, b: *const f32, ldb: usize, c: *mut f32, ldc: usize, acc: bool) {
+unsafe fn micro<const W: usize>(k: usize, a: *const f32, b: *const f32, ldb: usize, c: *mut f32, ldc: usize, acc: bool, pf: *const f32) {
     use std::arch::x86_64::*;
     let mut lo = [_mm512_setzero_ps(); W];
     let mut hi = [_mm512_setzero_ps(); W];
@@ -378,6 +386,9 @@ unsafe fn micro<const W: usize>(k: usize, a: *const f32, b: *const f32, ldb: usi
         }
     }
     for kk in 0..k {
+        // Into L2 ahead of its use (prefetches never fault; past the end they are dropped).
+        _mm_prefetch::<_MM_HINT_T1>(pf.wrapping_add(kk * MR) as *const i8);
+        _mm_prefetch::<_MM_HINT_T1>(pf.wrapping_add(kk * MR + 16) as *const i8);
         let a0 = _mm512_loadu_ps(a.add(kk * MR));
         let a1 = _mm512_loadu_ps(a.add(kk * MR + 16));
         let bk = b.add(kk * ldb);
