@@ -21,6 +21,11 @@ fn time(cold: bool, mut f: impl FnMut()) -> f64 {
     ts[ts.len() / 2]
 }
 fn main() {
+    // On a pool worker, as a network runs (`Graph::run`).
+    rayon::scope(|_| run());
+}
+
+fn run() {
     let args: Vec<usize> = std::env::args().skip(1).filter_map(|s| s.parse().ok()).collect();
     if args.len() < 6 {
         eprintln!("usage: packed_conv C_IN C_OUT SIZE KERNEL STRIDE PADDING");
