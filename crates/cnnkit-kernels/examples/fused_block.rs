@@ -2,19 +2,14 @@
 //! kernel (`cnnkit_kernels::fused`), then the stem and the first block: the stem's own kernel
 //! and the fused block against the block that makes the stem's rows itself.
 //! Run: cargo run --release -p cnnkit-kernels --example fused_block [ITERS]
+mod common;
 use cnnkit_kernels::conv::{conv2d_forward_ep, ConvGeom, Epilogue};
 use cnnkit_kernels::fused::{forward, InvertedResidual, Pointwise, Stem};
+use common::median;
 use std::time::Instant;
 
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(|a, b| a.total_cmp(b));
-    v[v.len() / 2]
-}
-
 fn main() {
-    // On a pool worker, as a network runs (`Graph::run`): a parallel section called from
-    // outside the pool would pay for waking it and for putting this thread to sleep.
-    rayon::scope(|_| run());
+    common::on_worker(run);
 }
 
 fn run() {

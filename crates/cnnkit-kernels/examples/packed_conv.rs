@@ -4,6 +4,7 @@
 //! With COLD = 1, 64 MiB are written between runs (untimed), so the weights come from memory
 //! as they do in a network, where every other layer's weights and activations pass through
 //! the caches in between.
+mod common;
 use cnnkit_kernels::conv::{conv2d_forward, conv2d_forward_packed, ConvGeom, Epilogue};
 use cnnkit_kernels::matmul::MatRef;
 use cnnkit_kernels::packed::PackedA;
@@ -17,12 +18,10 @@ fn time(cold: bool, mut f: impl FnMut()) -> f64 {
         f();
         ts.push(t.elapsed().as_secs_f64());
     }
-    ts.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    ts[ts.len() / 2]
+    common::median(ts)
 }
 fn main() {
-    // On a pool worker, as a network runs (`Graph::run`).
-    rayon::scope(|_| run());
+    common::on_worker(run);
 }
 
 fn run() {

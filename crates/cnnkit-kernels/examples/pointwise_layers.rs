@@ -1,15 +1,16 @@
 //! Times MobileNetV2's 1×1 layers at batch 1: the `gemm` crate (W · X, then bias and
 //! activation in a second pass) against `pointwise::run_par`, which `conv2d_forward_ep` uses. Run: cargo run --release -p cnnkit-kernels --example pointwise_layers
+mod common;
 use cnnkit_kernels::conv::Epilogue;
 use cnnkit_kernels::matmul::{gemm, MatRef};
+use common::median;
 use std::time::Instant;
 
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(|a, b| a.total_cmp(b));
-    v[v.len() / 2]
+fn main() {
+    common::on_worker(run);
 }
 
-fn main() {
+fn run() {
     let iters: usize = std::env::args().nth(1).and_then(|s| s.parse().ok()).unwrap_or(300);
     for (ci, co, s) in [
         (16, 96, 112),

@@ -2,19 +2,14 @@
 //! batch 1, through `direct::forward` (which `conv2d_forward_ep` uses for them) and through
 //! im2col + the gemm crate. Run: cargo run --release -p cnnkit-kernels --example stem [iters]
 //! (RAYON_NUM_THREADS=1 for one thread).
+mod common;
 use cnnkit_kernels::conv::{im2col, ConvGeom, Epilogue};
 use cnnkit_kernels::matmul::{gemm, MatRef};
+use common::median;
 use std::time::Instant;
 
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(|a, b| a.total_cmp(b));
-    v[v.len() / 2]
-}
-
 fn main() {
-    // On a pool worker, as a network runs (`Graph::run`): a parallel section called from
-    // outside the pool would pay for waking it and for putting this thread to sleep.
-    rayon::scope(|_| run());
+    common::on_worker(run);
 }
 
 fn run() {

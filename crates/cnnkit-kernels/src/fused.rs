@@ -363,6 +363,20 @@ mod tests {
         y
     }
 
+    /// Runs `blk` fused and layer by layer on x (with a random residual when asked): the first
+    /// output element that differs by more than 1e-5 of the output's scale, if any.
+    fn mismatch(blk: &InvertedResidual, n: usize, x: &[f32], residual: bool, sd: &mut u64) -> Option<String> {
+        let (oh, ow) = blk.out_hw();
+        let res = residual.then(|| rand_vec(n * blk.c_out * oh * ow, sd));
+        let want = unfused(blk, n, x, res.as_deref());
+        let mut got = vec![f32::NAN; want.len()];
+        forward(blk, n, x, res.as_deref(), &mut got);
+        let scale = want.iter().fold(1.0f32, |m, v| m.max(v.abs()));
+        // Written so that a NaN fails the comparison.
+        let close = |a: f32, b: f32| (a - b).abs() <= 1e-5 * scale;
+        got.iter().zip(&want).enumerate().find(|&(_, (&a, &b))| !close(a, b)).map(|(i, (a, b))| format!("element {i}: {a} vs {b}"))
+    }
+
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(24))]
         /// The fused block against the layers run one by one: strips of every size, a window
@@ -391,15 +405,8 @@ mod tests {
                 after: if residual { ep } else { Epilogue::None },
             };
             prop_assume!(blk.applies());
-            let (oh, ow) = blk.out_hw();
-            let res = residual.then(|| rand_vec(n * c_out * oh * ow, &mut sd));
-            let want = unfused(&blk, n, &xw, res.as_deref());
-            let mut got = vec![f32::NAN; want.len()];
-            forward(&blk, n, &xw, res.as_deref(), &mut got);
-            let scale = want.iter().fold(1.0f32, |m, v| m.max(v.abs()));
-            for (i, (a, b)) in got.iter().zip(&want).enumerate() {
-                prop_assert!((a - b).abs() <= 1e-5 * scale, "element {i}: {a} vs {b}");
-            }
+            let m = mismatch(&blk, n, &xw, residual, &mut sd);
+            prop_assert!(m.is_none(), "{}", m.unwrap_or_default());
         }
     }
 
@@ -430,15 +437,8 @@ mod tests {
                 after: Epilogue::None,
             };
             prop_assume!(blk.applies());
-            let (oh, ow) = blk.out_hw();
-            let res = residual.then(|| rand_vec(n * c_out * oh * ow, &mut sd));
-            let want = unfused(&blk, n, &xw, res.as_deref());
-            let mut got = vec![f32::NAN; want.len()];
-            forward(&blk, n, &xw, res.as_deref(), &mut got);
-            let scale = want.iter().fold(1.0f32, |m, v| m.max(v.abs()));
-            for (i, (a, b)) in got.iter().zip(&want).enumerate() {
-                prop_assert!((a - b).abs() <= 1e-5 * scale, "element {i}: {a} vs {b}");
-            }
+            let m = mismatch(&blk, n, &xw, residual, &mut sd);
+            prop_assert!(m.is_none(), "{}", m.unwrap_or_default());
         }
     }
 
@@ -496,13 +496,8 @@ mod tests {
                 after: Epilogue::None,
             };
             assert!(blk.strip_rows() <= 2, "{}", blk.strip_rows());
-            let want = unfused(&blk, 1, &xw, None);
-            let mut got = vec![f32::NAN; want.len()];
-            forward(&blk, 1, &xw, None, &mut got);
-            let scale = want.iter().fold(1.0f32, |m, v| m.max(v.abs()));
-            for (a, b) in got.iter().zip(&want) {
-                assert!((a - b).abs() <= 1e-5 * scale, "{a} vs {b}");
-            }
+            let m = mismatch(&blk, 1, &xw, false, &mut sd);
+            assert!(m.is_none(), "stride {stride}: {}", m.unwrap_or_default());
         }
     }
 }
