@@ -197,6 +197,13 @@ pub fn forward(blk: &InvertedResidual, n: usize, x: &[f32], residual: Option<&[f
     }
 }
 
+/// The layer whose output rows fill a block's window (see [`rows`]).
+#[derive(Clone, Copy)]
+enum Fill<'b, 'a> {
+    Expand(&'b Pointwise<'a>),
+    Stem(&'b Stem<'a>),
+}
+
 /// Output rows `out_rows` of one image, strip by strip. x: (C_in, H, W) (with a stem: the
 /// image); residual and y: (C_out, OH, OW).
 ///
@@ -210,8 +217,14 @@ unsafe fn rows(blk: &InvertedResidual, x: &[f32], residual: Option<&[f32]>, y: *
     let r_max = blk.strip_rows().min(out_rows.len());
     // Window capacity in rows: a strip of R output rows reads (R − 1)·S + 3 input rows.
     let cap = (r_max - 1) * s + 3;
-    let windowed = blk.expand.is_some() || blk.stem.is_some();
-    let window_len = if windowed { c_mid * cap * wd } else { 0 };
+    // What makes the window's rows: the expansion from x's rows, or the stem from the image;
+    // None when the depthwise layer reads x itself.
+    let fill = match (&blk.expand, &blk.stem) {
+        (Some(e), _) => Some(Fill::Expand(e)),
+        (None, Some(st)) => Some(Fill::Stem(st)),
+        (None, None) => None,
+    };
+    let window_len = if fill.is_some() { c_mid * cap * wd } else { 0 };
     // A stem's taps for the window rows made at once (at most `cap`).
     let taps_len = blk.stem_k() * cap * wd;
     crate::packed::with_local(window_len + c_mid * r_max * ow + taps_len, |buf| {
@@ -224,9 +237,9 @@ unsafe fn rows(blk: &InvertedResidual, x: &[f32], residual: Option<&[f32]>, y: *
             // Input rows the strip's taps read: S·o0 − 1 ..= S·(o1 − 1) + 1, inside the plane.
             let (lo, hi) = ((s * o0).saturating_sub(1), (s * (o1 - 1) + 2).min(h));
             // The strip's depthwise input: channel c's rows from `lo`, `ld` floats apart.
-            let (src, ld): (*const f32, usize) = match windowed {
-                false => (x.as_ptr().add(lo * wd), plane),
-                true => {
+            let (src, ld): (*const f32, usize) = match fill {
+                None => (x.as_ptr().add(lo * wd), plane),
+                Some(fill) => {
                     if e_hi <= lo || e_lo > lo {
                         // Nothing kept is needed (the first strip, or a stride-2 gap).
                         (e_lo, e_hi) = (lo, lo);
@@ -242,15 +255,14 @@ unsafe fn rows(blk: &InvertedResidual, x: &[f32], residual: Option<&[f32]>, y: *
                         let cols = (hi - e_hi) * wd;
                         // B (K, cols): the input planes' rows e_hi .. hi, or a stem's taps
                         // for its output rows e_hi .. hi.
-                        let (conv, k, b, ldb) = match (&blk.expand, &blk.stem) {
-                            (Some(e), _) => (e, blk.c_in, x.as_ptr().add(e_hi * wd), plane),
-                            (None, Some(st)) => {
+                        let (conv, k, b, ldb) = match fill {
+                            Fill::Expand(e) => (e, blk.c_in, x.as_ptr().add(e_hi * wd), plane),
+                            Fill::Stem(st) => {
                                 let k = blk.stem_k();
                                 // SAFETY: taps holds K·cap·W ≥ K·cols floats.
                                 crate::direct::gather(&st.geom(c_mid), x, e_hi, hi, &mut taps[..k * cols]);
                                 (&st.conv, k, taps.as_ptr(), cols)
                             }
-                            (None, None) => unreachable!("windowed"),
                         };
                         // SAFETY: row c of the product lands in channel c's window rows
                         // e_hi .. hi (cap·W apart), inside the window (hi − e_lo ≤ cap).
