@@ -91,12 +91,7 @@ unsafe fn row(g: &ConvGeom, x: &[f32], w: &[f32], b: Option<&[f32]>, ep: Epilogu
                 }
                 let r = x.as_ptr().add((ci * g.h + iy as usize) * g.w);
                 for (kx, &(c0, ma, mb)) in cols.iter().enumerate().take(kw) {
-                    // Columns c0 .. c0 + 32, of which the even ones are this tap's 16.
-                    // SAFETY: masked-off lanes are not read; the read lanes lie in row iy.
-                    let a = _mm512_maskz_loadu_ps(ma, r.wrapping_offset(c0));
-                    let b = _mm512_maskz_loadu_ps(mb, r.wrapping_offset(c0 + 16));
-                    let v = crate::simd::stride2_lanes::<false>(a, b);
-                    _mm512_storeu_ps(taps.as_mut_ptr().add((t0 + kx) * 16), v);
+                    _mm512_storeu_ps(taps.as_mut_ptr().add((t0 + kx) * 16), even_columns(r, c0, ma, mb));
                 }
             }
         }
@@ -120,6 +115,23 @@ unsafe fn row(g: &ConvGeom, x: &[f32], w: &[f32], b: Option<&[f32]>, ep: Epilogu
         }
         rest!(1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11);
     }
+}
+
+/// One tap for 16 outputs of a stride-2 row: columns c0, c0 + 2, …, c0 + 30 of the input row
+/// at `r`, zero where the masks (`simd::lane_mask` of c0 and of c0 + 16 for the row's width)
+/// leave the row. Two masked loads and a permute that keeps the even columns.
+///
+/// # Safety
+/// AVX-512F; `r` points at an input row of the width the masks were made for.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+#[inline]
+unsafe fn even_columns(r: *const f32, c0: isize, ma: u16, mb: u16) -> std::arch::x86_64::__m512 {
+    use std::arch::x86_64::*;
+    // SAFETY: masked-off lanes are not read; the read lanes lie in the row.
+    let a = _mm512_maskz_loadu_ps(ma, r.wrapping_offset(c0));
+    let b = _mm512_maskz_loadu_ps(mb, r.wrapping_offset(c0 + 16));
+    crate::simd::stride2_lanes::<false>(a, b)
 }
 
 /// Output channels co0 .. co0 + NC of one 16-pixel step: NC chains of K FMAs over the taps,
@@ -196,13 +208,8 @@ pub(crate) unsafe fn gather(g: &ConvGeom, x: &[f32], oy0: usize, oy1: usize, tap
                     for kx in 0..kw {
                         let v = match row {
                             Some(r) => {
-                                // Columns c0 .. c0 + 32, of which the even ones are this tap's 16.
-                                // SAFETY: masked-off lanes are not read; the read lanes lie in
-                                // row iy.
                                 let c0 = (2 * ox0 + kx) as isize - g.padding.1 as isize;
-                                let a = _mm512_maskz_loadu_ps(crate::simd::lane_mask(c0, g.w), r.wrapping_offset(c0));
-                                let b = _mm512_maskz_loadu_ps(crate::simd::lane_mask(c0 + 16, g.w), r.wrapping_offset(c0 + 16));
-                                crate::simd::stride2_lanes::<false>(a, b)
+                                even_columns(r, c0, crate::simd::lane_mask(c0, g.w), crate::simd::lane_mask(c0 + 16, g.w))
                             }
                             None => _mm512_setzero_ps(),
                         };

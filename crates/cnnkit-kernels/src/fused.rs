@@ -149,9 +149,7 @@ impl InvertedResidual<'_> {
         let fixed = (self.c_mid + k) * 3 * self.w;
         (STRIP_FLOATS.saturating_sub(fixed) / per_row.max(1)).max(1)
     }
-}
 
-impl InvertedResidual<'_> {
     /// K = C_img·KH·KW of the stem's taps, 0 without one.
     fn stem_k(&self) -> usize {
         self.stem.as_ref().map_or(0, |st| st.c_img * st.kh * st.kw)
@@ -163,8 +161,8 @@ impl InvertedResidual<'_> {
     }
 }
 
-/// Runs the block on `n` images. x: (N, C_in, H, W) (with a stem: the image); residual: (N, C_out, OH, OW) when the
-/// block adds one; y: (N, C_out, OH, OW) (overwritten). Each image's output rows split into
+/// Runs the block on `n` images. x: (N, C_in, H, W), or with a stem the image; residual:
+/// (N, C_out, OH, OW) when the block adds one; y: (N, C_out, OH, OW) (overwritten). Each image's output rows split into
 /// one contiguous range per thread (fewer ranges per image when the batch is larger), so a
 /// range's strips share their window and only range boundaries expand rows twice.
 /// Panics unless [`InvertedResidual::applies`] and the slices have those sizes.

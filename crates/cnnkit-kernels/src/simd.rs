@@ -164,6 +164,8 @@ pub fn row_sums<T: crate::Float>(x: &[T], r: usize) -> Vec<f64> {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+
     #[test]
     #[cfg(target_arch = "x86_64")]
     fn transpose16_transposes() {
@@ -185,8 +187,6 @@ mod tests {
             }
         }
     }
-
-    use super::*;
 
     #[test]
     fn dispatched_kernels_match_scalar_loops() {

@@ -180,7 +180,7 @@ impl Graph {
 
 impl Graph {
     /// Runs a matched inverted residual block as one kernel: its output and the profile's
-    /// detail "C_in→C_mid→C_out sS", or None when the kernel does not take these operands
+    /// detail (see `NodeTime::detail`), or None when the kernel does not take these operands
     /// (the caller then runs the nodes one by one).
     fn run_block<'a>(&self, b: &super::fuse::BlockPlan, value: &impl Fn(&str) -> Option<&'a Tensor>) -> R<Option<(Tensor, String)>> {
         use cnnkit_core::fused::{inverted_residual, FusedConv, InvertedResidualArgs, StemArgs};

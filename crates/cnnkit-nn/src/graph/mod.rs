@@ -39,10 +39,11 @@ pub struct NodeTime {
     /// The node's name (may be empty in imported graphs).
     pub name: String,
     /// Its operator, as ONNX names it ("Conv", "Relu", …), or "InvertedResidual" for a
-    /// MobileNetV2 block run as one fused kernel (named after its first node).
+    /// MobileNetV2 block (with the stem before it, when fused too) run as one fused kernel
+    /// (named after its first node).
     pub op: &'static str,
-    /// For convolutions, "C_in→C_out KH×KW sS gG"; for a fused block "C_in→C_mid→C_out sS";
-    /// empty otherwise.
+    /// For convolutions, "C_in→C_out KH×KW sS gG"; for a fused block "C_in→C_mid→C_out sS",
+    /// after "C_img→C_in KH×KW s2 + " when it runs the stem before it too; empty otherwise.
     pub detail: String,
     /// The activation run in its epilogue, when the next node was fused into it.
     pub fused: Option<&'static str>,
