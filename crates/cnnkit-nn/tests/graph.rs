@@ -297,3 +297,28 @@ fn profiled_run_times_every_node() {
     let dw = times.iter().find(|t| t.detail.ends_with("g8")).expect("the depthwise conv");
     assert_eq!(dw.detail, "8→8 3×3 s1 g8");
 }
+
+/// A graph planned once runs many times (different batches, values freed by the plan's last
+/// uses) with the outputs of `Graph::run`, and checks its inputs on every run.
+#[test]
+fn planned_graph_runs_repeatedly() {
+    manual_seed(9);
+    let m = cnn();
+    m.eval();
+    let g = module_to_graph(&m, &[None, Some(3), Some(16), Some(16)]).unwrap();
+    let g = cnnkit_nn::graph::optimize_for_inference(&g).unwrap();
+    let planned = g.planned();
+    assert!(std::ptr::eq(planned.graph(), &g));
+    for n in [2, 1, 3, 2] {
+        let x = Tensor::randn(&[n, 3, 16, 16], DType::F32);
+        let want = g.run(&[("input", x.clone())]).unwrap();
+        let got = planned.run(&[("input", x.clone())]).unwrap();
+        assert_eq!(got[0].shape(), &[n, 10]);
+        assert_eq!(got[0].to_f32_vec().unwrap(), want[0].to_f32_vec().unwrap(), "batch {n}");
+        let (prof, times) = planned.run_profiled(&[("input", x)]).unwrap();
+        assert_eq!(prof[0].to_f32_vec().unwrap(), want[0].to_f32_vec().unwrap(), "batch {n}, profiled");
+        assert_eq!(times[0].detail, "3→8 3×3 s1 g1");
+    }
+    let e = planned.run(&[("input", Tensor::zeros(&[1, 4, 16, 16], DType::F32))]).unwrap_err().to_string();
+    assert!(e.contains("input 'input' has shape [1, 4, 16, 16]"), "{e}");
+}

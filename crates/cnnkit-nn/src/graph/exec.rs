@@ -7,7 +7,9 @@ use super::{CoordMode, Graph, GraphOp, NearestMode, Node, NodeTime, PadKind, Res
 use cnnkit_core::elementwise::broadcast_shape;
 use cnnkit_core::{DType, Error, PadMode, Pool2dArgs, Result, Tensor, UnaryOp};
 use cnnkit_kernels::conv::Epilogue;
-use std::collections::HashMap;
+// Planning is by value name (readers, last uses, fusions): with SipHash it took ~0.1 ms of
+// MobileNetV2's ~4 ms batch-1 run, all of it before the first node started.
+use rustc_hash::FxHashMap as HashMap;
 
 /// A node-local failure message; the caller prefixes the node's name and op.
 pub(crate) struct E(pub String);
@@ -29,30 +31,80 @@ pub(crate) fn node_error(node: &Node, e: E) -> Error {
     Error::invalid("graph", format!("node {} ({}): {}", node.name, node.op.name(), e.0))
 }
 
+/// A graph with its run plan worked out once: the node after which each value dies, the
+/// activations that run in their producer's epilogue, the chains that run as fused blocks.
+/// [`Graph::run`] plans on every call (MobileNetV2: ~0.06 ms, over 1% of a batch-1 run, all
+/// before its first node); a caller running one graph many times (a serving loop,
+/// `cnnkit bench infer`) plans once with [`Graph::planned`]. The plan borrows the graph, so
+/// the graph cannot change under it.
+pub struct Planned<'g> {
+    graph: &'g Graph,
+    /// Index of the last node reading each value, so activations are freed as soon as possible.
+    last_use: HashMap<&'g str, usize>,
+    /// Per node, the activation fused into its epilogue (see `Graph::fusable_activations`).
+    fused: Vec<Option<Epilogue>>,
+    /// Per node, the fused block starting there (see `fuse::inverted_residual_blocks`).
+    blocks: Vec<Option<super::fuse::BlockPlan>>,
+}
+
 impl Graph {
+    /// Works out the run plan once, for many runs ([`Planned::run`]).
+    pub fn planned(&self) -> Planned<'_> {
+        let mut last_use: HashMap<&str, usize> = HashMap::default();
+        for (i, n) in self.nodes.iter().enumerate() {
+            for v in &n.inputs {
+                last_use.insert(v.as_str(), i);
+            }
+        }
+        let readers = self.reader_counts();
+        let fused = self.fusable_activations(&readers);
+        let blocks = super::fuse::inverted_residual_blocks(self, &fused, &readers);
+        Planned { graph: self, last_use, fused, blocks }
+    }
+
     /// Runs the graph on `inputs` (by graph input name) and returns the graph outputs in order.
     /// Static dims of the declared input shapes are checked.
     /// Runs on a worker of the kernels' thread pool ([`cnnkit_core::on_worker`]).
+    /// Plans on every call: see [`Graph::planned`] for repeated runs.
     pub fn run(&self, inputs: &[(&str, Tensor)]) -> Result<Vec<Tensor>> {
-        cnnkit_core::on_worker(|| self.run_here(inputs, None))
+        self.planned().run(inputs)
     }
 
     /// [`Graph::run`], also returning the wall time of each node in execution order (an
     /// activation fused into its producer is timed with it, under the producer's name).
     pub fn run_profiled(&self, inputs: &[(&str, Tensor)]) -> Result<(Vec<Tensor>, Vec<NodeTime>)> {
+        self.planned().run_profiled(inputs)
+    }
+}
+
+impl Planned<'_> {
+    /// [`Graph::run`] on the planned graph.
+    pub fn run(&self, inputs: &[(&str, Tensor)]) -> Result<Vec<Tensor>> {
+        cnnkit_core::on_worker(|| self.graph.run_here(self, inputs, None))
+    }
+
+    /// [`Graph::run_profiled`] on the planned graph.
+    pub fn run_profiled(&self, inputs: &[(&str, Tensor)]) -> Result<(Vec<Tensor>, Vec<NodeTime>)> {
         cnnkit_core::on_worker(|| {
-            let mut times = Vec::with_capacity(self.nodes.len());
-            let outs = self.run_here(inputs, Some(&mut times))?;
+            let mut times = Vec::with_capacity(self.graph.nodes.len());
+            let outs = self.graph.run_here(self, inputs, Some(&mut times))?;
             Ok((outs, times))
         })
     }
 
-    fn run_here(&self, inputs: &[(&str, Tensor)], mut profile: Option<&mut Vec<NodeTime>>) -> Result<Vec<Tensor>> {
+    /// The planned graph.
+    pub fn graph(&self) -> &Graph {
+        self.graph
+    }
+}
+
+impl Graph {
+    fn run_here(&self, plan: &Planned, inputs: &[(&str, Tensor)], mut profile: Option<&mut Vec<NodeTime>>) -> Result<Vec<Tensor>> {
         let _guard = cnnkit_core::no_grad();
         // Activations freed below are reused for later nodes' outputs (and, when the caller
         // holds its own scope across runs, for the next run's): see cnnkit_core::recycle.
         let _recycle = cnnkit_core::recycle_buffers();
-        let mut env: HashMap<&str, Tensor> = HashMap::new();
+        let mut env: HashMap<&str, Tensor> = HashMap::default();
         for (name, _) in inputs {
             if !self.inputs.iter().any(|v| v.name == *name) {
                 return Err(super::graph_err(format!("'{name}' is not an input of the graph")));
@@ -75,16 +127,7 @@ impl Graph {
             }
             env.insert(vi.name.as_str(), t);
         }
-        // Index of the last node reading each value, so activations are freed as soon as possible.
-        let mut last_use: HashMap<&str, usize> = HashMap::new();
-        for (i, n) in self.nodes.iter().enumerate() {
-            for v in &n.inputs {
-                last_use.insert(v.as_str(), i);
-            }
-        }
-        let readers = self.reader_counts();
-        let fused = self.fusable_activations(&readers);
-        let blocks = super::fuse::inverted_residual_blocks(self, &fused, &readers);
+        let (last_use, fused, blocks) = (&plan.last_use, &plan.fused, &plan.blocks);
         // Nodes before `next` were run with an earlier one (a fused activation or block).
         let mut next = 0;
         for (i, node) in self.nodes.iter().enumerate() {
@@ -94,7 +137,7 @@ impl Graph {
             let started = profile.is_some().then(std::time::Instant::now);
             let value = |v: &str| env.get(v).or_else(|| self.initializers.get(v));
             if let Some(b) = &blocks[i] {
-                if let Some((y, detail)) = self.run_block(b, &value).map_err(|e| node_error(node, e))? {
+                if let Some((y, detail)) = self.run_block(b, &value, profile.is_some()).map_err(|e| node_error(node, e))? {
                     if let (Some(p), Some(t0)) = (profile.as_deref_mut(), started) {
                         let ms = t0.elapsed().as_secs_f64() * 1e3;
                         p.push(NodeTime { name: node.name.clone(), op: "InvertedResidual", detail, fused: None, ms });
@@ -179,10 +222,15 @@ impl Graph {
 }
 
 impl Graph {
-    /// Runs a matched inverted residual block as one kernel: its output and the profile's
-    /// detail (see `NodeTime::detail`), or None when the kernel does not take these operands
-    /// (the caller then runs the nodes one by one).
-    fn run_block<'a>(&self, b: &super::fuse::BlockPlan, value: &impl Fn(&str) -> Option<&'a Tensor>) -> R<Option<(Tensor, String)>> {
+    /// Runs a matched inverted residual block as one kernel: its output and, when `detail`, the
+    /// profile's detail (see `NodeTime::detail`; else empty), or None when the kernel does not
+    /// take these operands (the caller then runs the nodes one by one).
+    fn run_block<'a>(
+        &self,
+        b: &super::fuse::BlockPlan,
+        value: &impl Fn(&str) -> Option<&'a Tensor>,
+        detail: bool,
+    ) -> R<Option<(Tensor, String)>> {
         use cnnkit_core::fused::{inverted_residual, FusedConv, InvertedResidualArgs, StemArgs};
         let input = |node: usize, k: usize| -> Option<&'a Tensor> { value(self.nodes[node].inputs.get(k).filter(|v| !v.is_empty())?) };
         let conv = |u: super::fuse::ConvUnit| -> Option<FusedConv<'a>> {
@@ -210,6 +258,7 @@ impl Graph {
         // "C_in→C_mid→C_out sS", after "C_img→C_in KH×KW s2 + " with a stem (the kernel checked
         // that its weight is 4-D).
         let detail = match stem {
+            _ if !detail => String::new(),
             Some(st) => {
                 let s = st.conv.w.shape();
                 format!("{}→{} {}×{} s2 + {c_mid}→{c_mid}→{c_out} s{}", s[1], s[0], s[2], s[3], b.stride)

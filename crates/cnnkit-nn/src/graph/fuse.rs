@@ -10,7 +10,7 @@
 
 use super::{Graph, GraphOp};
 use cnnkit_kernels::conv::Epilogue;
-use std::collections::HashMap;
+use rustc_hash::FxHashMap as HashMap;
 
 /// One convolution of a matched block: its node and the activation fused after it.
 #[derive(Clone, Copy, Debug)]

@@ -12,10 +12,11 @@ mod plan;
 mod shape;
 
 pub use builder::{module_to_graph, GraphBuilder};
+pub use exec::Planned;
 pub use plan::optimize_for_inference;
 
 use cnnkit_core::{DType, Error, Result, Tensor};
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashSet};
 
 /// A graph input: its name and shape (None = a dynamic dim, e.g. the batch).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -402,8 +403,8 @@ impl Graph {
 
     /// How many times each value is read: once per node input that names it, and once more
     /// when it is a graph output (so 1 means one node reads it and nothing else does).
-    pub(crate) fn reader_counts(&self) -> HashMap<&str, usize> {
-        let mut n: HashMap<&str, usize> = HashMap::new();
+    pub(crate) fn reader_counts(&self) -> rustc_hash::FxHashMap<&str, usize> {
+        let mut n = rustc_hash::FxHashMap::<&str, usize>::default();
         let names = self.nodes.iter().flat_map(|node| &node.inputs).chain(&self.outputs);
         for v in names.filter(|v| !v.is_empty()) {
             *n.entry(v.as_str()).or_default() += 1;
