@@ -134,6 +134,53 @@ pub fn on_worker<R: Send>(f: impl FnOnce() -> R + Send) -> R {
     r
 }
 
+/// [`on_worker`], with the pool's other workers kept awake for the duration of `f`: each spins,
+/// running any parallel work the caller shares as soon as it is offered, instead of going to
+/// sleep when it finds none. A rayon worker sleeps after ~20 µs without work, and waking it
+/// took ~26 µs on the 2-vCPU VM of BENCHMARKS.md (`cargo run --release -p cnnkit-core
+/// --example steal_latency`), so a network at batch 1 lost that much at the start of most of
+/// its parallel layers on the second thread, against ~0.2 µs with spinning workers. ONNX
+/// Runtime's pool spins the same way. The cost: the other workers burn their cores while `f`
+/// runs (its sequential parts too). For a forward pass or a step (cnnkit-nn's `Graph::run`
+/// uses it), not around code that waits for long.
+pub fn with_busy_workers<R: Send>(f: impl FnOnce() -> R + Send) -> R {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    /// Sets the flag when dropped, so the spinners stop even when `f` panics (the scope waits
+    /// for them before it unwinds).
+    struct Stop<'a>(&'a AtomicBool);
+    impl Drop for Stop<'_> {
+        fn drop(&mut self) {
+            self.0.store(true, Ordering::Release);
+        }
+    }
+    on_worker(|| {
+        if rayon::current_num_threads() < 2 {
+            return f();
+        }
+        let caller = rayon::current_thread_index();
+        let done = AtomicBool::new(false);
+        rayon::in_place_scope(|s| {
+            // One job per worker, bound to it (not stealable); the caller's own copy runs
+            // only when it idles inside `f` or at the scope's end, and returns at once.
+            s.spawn_broadcast(|_, ctx| {
+                if Some(ctx.index()) != caller {
+                    // A short pause between looks: polling without one contended with the
+                    // caller's own deque (MobileNetV2's training step 115 → 132 ms).
+                    while !done.load(Ordering::Acquire) {
+                        if rayon::yield_now() != Some(rayon::Yield::Executed) {
+                            for _ in 0..16 {
+                                std::hint::spin_loop();
+                            }
+                        }
+                    }
+                }
+            });
+            let _stop = Stop(&done);
+            f()
+        })
+    })
+}
+
 /// Asks the C allocator to keep freed memory in the process instead of returning it to the
 /// kernel. Training allocates and frees the same activation sizes every step, and each fresh
 /// page costs a page fault (measured: ~15% of a cifar-cnn training step). Programs (the CLI,

@@ -64,7 +64,8 @@ impl Graph {
 
     /// Runs the graph on `inputs` (by graph input name) and returns the graph outputs in order.
     /// Static dims of the declared input shapes are checked.
-    /// Runs on a worker of the kernels' thread pool ([`cnnkit_core::on_worker`]).
+    /// Runs on a worker of the kernels' thread pool, the other workers spinning for work until
+    /// it returns ([`cnnkit_core::with_busy_workers`]).
     /// Plans on every call: see [`Graph::planned`] for repeated runs.
     pub fn run(&self, inputs: &[(&str, Tensor)]) -> Result<Vec<Tensor>> {
         self.planned().run(inputs)
@@ -80,12 +81,12 @@ impl Graph {
 impl Planned<'_> {
     /// [`Graph::run`] on the planned graph.
     pub fn run(&self, inputs: &[(&str, Tensor)]) -> Result<Vec<Tensor>> {
-        cnnkit_core::on_worker(|| self.graph.run_here(self, inputs, None))
+        cnnkit_core::with_busy_workers(|| self.graph.run_here(self, inputs, None))
     }
 
     /// [`Graph::run_profiled`] on the planned graph.
     pub fn run_profiled(&self, inputs: &[(&str, Tensor)]) -> Result<(Vec<Tensor>, Vec<NodeTime>)> {
-        cnnkit_core::on_worker(|| {
+        cnnkit_core::with_busy_workers(|| {
             let mut times = Vec::with_capacity(self.graph.nodes.len());
             let outs = self.graph.run_here(self, inputs, Some(&mut times))?;
             Ok((outs, times))
