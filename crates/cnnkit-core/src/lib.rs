@@ -141,10 +141,10 @@ pub fn on_worker<R: Send>(f: impl FnOnce() -> R + Send) -> R {
 /// --example steal_latency`), so a network at batch 1 lost that much at the start of most of
 /// its parallel layers on the second thread, against ~0.2 µs with spinning workers. ONNX
 /// Runtime's pool spins the same way. The cost: the other workers burn their cores while `f`
-/// runs (its sequential parts too). For a forward pass or a step (cnnkit-nn's `Graph::run`
-/// uses it), not around code that waits for long.
+/// runs (its sequential parts too), so with more workers than CPUs this is plain
+/// [`on_worker`]. For a forward pass or a step (cnnkit-nn's `Graph::run` uses it), not around
+/// code that waits for long.
 pub fn with_busy_workers<R: Send>(f: impl FnOnce() -> R + Send) -> R {
-    use std::sync::atomic::{AtomicBool, Ordering};
     /// Sets the flag when dropped, so the spinners stop even when `f` panics (the scope waits
     /// for them before it unwinds).
     struct Stop<'a>(&'a AtomicBool);
@@ -154,31 +154,52 @@ pub fn with_busy_workers<R: Send>(f: impl FnOnce() -> R + Send) -> R {
         }
     }
     on_worker(|| {
-        if rayon::current_num_threads() < 2 {
+        static CPUS: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+        let cpus = *CPUS.get_or_init(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+        let workers = rayon::current_num_threads();
+        if workers < 2 || workers > cpus {
             return f();
         }
         let caller = rayon::current_thread_index();
         let done = AtomicBool::new(false);
         rayon::in_place_scope(|s| {
-            // One job per worker, bound to it (not stealable); the caller's own copy runs
-            // only when it idles inside `f` or at the scope's end, and returns at once.
-            s.spawn_broadcast(|_, ctx| {
-                if Some(ctx.index()) != caller {
-                    // A short pause between looks: polling without one contended with the
-                    // caller's own deque (MobileNetV2's training step 115 → 132 ms).
-                    while !done.load(Ordering::Acquire) {
-                        if rayon::yield_now() != Some(rayon::Yield::Executed) {
-                            for _ in 0..16 {
-                                std::hint::spin_loop();
-                            }
-                        }
-                    }
-                }
-            });
+            // One spin job per worker, bound to it; the caller's own copy runs only when it
+            // idles inside `f` or at the scope's end, and returns at once.
+            s.spawn_broadcast(|s, _| spin(s, &done, caller));
             let _stop = Stop(&done);
             f()
         })
     })
+}
+
+use std::sync::atomic::{AtomicBool, Ordering};
+
+/// How long one spin job polls before it hands its thread back and queues its successor. A
+/// worker may pick its spin job up while it waits inside other work (a job it stole from the
+/// caller, or a data loader's parallel op), which goes on only once the spin job returns: a
+/// spin job that ran until `done` could wait on itself. (Seen once in ~20 MNIST epochs.)
+const SPIN_SLICE: std::time::Duration = std::time::Duration::from_micros(50);
+
+/// A [`with_busy_workers`] spin job: runs pool work as it appears until `done`, for at most
+/// [`SPIN_SLICE`] before re-queueing itself. Nothing on the caller's thread.
+fn spin<'s>(s: &rayon::Scope<'s>, done: &'s AtomicBool, caller: Option<usize>) {
+    if rayon::current_thread_index() == caller {
+        return;
+    }
+    let t0 = std::time::Instant::now();
+    while !done.load(Ordering::Acquire) {
+        if t0.elapsed() >= SPIN_SLICE {
+            s.spawn(move |s| spin(s, done, caller));
+            return;
+        }
+        // A short pause between looks: polling without one contended with the caller's own
+        // deque (MobileNetV2's training step 115 → 132 ms).
+        if rayon::yield_now() != Some(rayon::Yield::Executed) {
+            for _ in 0..16 {
+                std::hint::spin_loop();
+            }
+        }
+    }
 }
 
 /// Asks the C allocator to keep freed memory in the process instead of returning it to the
