@@ -257,8 +257,8 @@ fn train_step(b: TrainStepBench) -> Result<()> {
     let _recycle = cnnkit::core::recycle_buffers();
     let (med, _) = median_ms(2, b.common.iters, || {
         use cnnkit::optim::Optimizer;
-        // As the trainer runs a step: on a kernel-pool worker, the others spinning.
-        cnnkit::core::with_busy_workers(|| {
+        // As the trainer runs a step: on a kernel-pool worker.
+        cnnkit::core::on_worker(|| {
             opt.zero_grad();
             let loss = cross_entropy(&model.forward(&x)?, &y, &opts)?;
             loss.backward()?;
@@ -411,7 +411,7 @@ fn epoch(b: EpochBench) -> Result<()> {
         e += 1;
         for batch in src.batches(e) {
             let (x, y) = batch?;
-            cnnkit::core::with_busy_workers(|| {
+            cnnkit::core::on_worker(|| {
                 opt.zero_grad();
                 cross_entropy(&model.forward(&x)?, &y, &opts)?.backward()?;
                 opt.step()

@@ -46,6 +46,7 @@ pub fn set_num_threads(n: Option<usize>) -> Result<()> {
     let explicit = n.is_some();
     let n = n.unwrap_or(cpus.len().max(1)).max(1);
     let pin = n <= cpus.len() && cpus.len() > 1 && std::env::var("CNNKIT_PIN").map_or(true, |v| v != "0");
+    OVERSUBSCRIBED.store(n > cpus.len().max(1), std::sync::atomic::Ordering::Relaxed);
     let built = rayon::ThreadPoolBuilder::new()
         .num_threads(n)
         .start_handler(move |i| {
@@ -141,9 +142,11 @@ pub fn on_worker<R: Send>(f: impl FnOnce() -> R + Send) -> R {
 /// --example steal_latency`), so a network at batch 1 lost that much at the start of most of
 /// its parallel layers on the second thread, against ~0.2 µs with spinning workers. ONNX
 /// Runtime's pool spins the same way. The cost: the other workers burn their cores while `f`
-/// runs (its sequential parts too), so with more workers than CPUs this is plain
-/// [`on_worker`]. For a forward pass or a step (cnnkit-nn's `Graph::run` uses it), not around
-/// code that waits for long.
+/// runs (its sequential parts too), so with more workers than CPUs ([`set_num_threads`]) this
+/// is plain [`on_worker`]. For inference at small batch (cnnkit-nn's `Graph::run` uses it).
+/// Not for training steps: there the spinning workers steal every half the caller would have
+/// run on its own, and MobileNetV2's 96² batch-16 step went from 111 to 124 ms (6 rounds;
+/// cifar-cnn's from 6.3 to 6.0 ms).
 pub fn with_busy_workers<R: Send>(f: impl FnOnce() -> R + Send) -> R {
     /// Sets the flag when dropped, so the spinners stop even when `f` panics (the scope waits
     /// for them before it unwinds).
@@ -154,10 +157,7 @@ pub fn with_busy_workers<R: Send>(f: impl FnOnce() -> R + Send) -> R {
         }
     }
     on_worker(|| {
-        static CPUS: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
-        let cpus = *CPUS.get_or_init(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
-        let workers = rayon::current_num_threads();
-        if workers < 2 || workers > cpus {
+        if rayon::current_num_threads() < 2 || OVERSUBSCRIBED.load(Ordering::Relaxed) {
             return f();
         }
         let caller = rayon::current_thread_index();
@@ -165,7 +165,11 @@ pub fn with_busy_workers<R: Send>(f: impl FnOnce() -> R + Send) -> R {
         rayon::in_place_scope(|s| {
             // One spin job per worker, bound to it; the caller's own copy runs only when it
             // idles inside `f` or at the scope's end, and returns at once.
-            s.spawn_broadcast(|s, _| spin(s, &done, caller));
+            s.spawn_broadcast(|_, ctx| {
+                if Some(ctx.index()) != caller {
+                    spin(&done)
+                }
+            });
             let _stop = Stop(&done);
             f()
         })
@@ -174,30 +178,34 @@ pub fn with_busy_workers<R: Send>(f: impl FnOnce() -> R + Send) -> R {
 
 use std::sync::atomic::{AtomicBool, Ordering};
 
-/// How long one spin job polls before it hands its thread back and queues its successor. A
-/// worker may pick its spin job up while it waits inside other work (a job it stole from the
-/// caller, or a data loader's parallel op), which goes on only once the spin job returns: a
-/// spin job that ran until `done` could wait on itself. (Seen once in ~20 MNIST epochs.)
-const SPIN_SLICE: std::time::Duration = std::time::Duration::from_micros(50);
+/// Set by [`set_num_threads`] when the pool has more workers than the process may use CPUs.
+/// (Asked there, not later: a pinned worker's own CPU set is its one CPU.)
+static OVERSUBSCRIBED: AtomicBool = AtomicBool::new(false);
 
-/// A [`with_busy_workers`] spin job: runs pool work as it appears until `done`, for at most
-/// [`SPIN_SLICE`] before re-queueing itself. Nothing on the caller's thread.
-fn spin<'s>(s: &rayon::Scope<'s>, done: &'s AtomicBool, caller: Option<usize>) {
-    if rayon::current_thread_index() == caller {
-        return;
-    }
-    let t0 = std::time::Instant::now();
+/// How long a spin job waits without finding work before it gives up. A worker may pick its
+/// spin job up while it waits inside other work (a job it stole from the caller, another
+/// thread's parallel op, another `with_busy_workers` call), which goes on only once the spin
+/// job returns; if `f` in turn waits for that work, only this bound ends the wait. (A spin job
+/// without it hung one MNIST epoch bench: the worker spinning, the caller asleep in a join.)
+/// Between a network's parallel layers the pool is idle for microseconds, far below it.
+const SPIN_IDLE_LIMIT: std::time::Duration = std::time::Duration::from_millis(1);
+
+/// A [`with_busy_workers`] spin job: runs pool work as it appears until `done`, or until it
+/// has found none for [`SPIN_IDLE_LIMIT`].
+fn spin(done: &AtomicBool) {
+    let mut last_work = std::time::Instant::now();
     while !done.load(Ordering::Acquire) {
-        if t0.elapsed() >= SPIN_SLICE {
-            s.spawn(move |s| spin(s, done, caller));
+        if rayon::yield_now() == Some(rayon::Yield::Executed) {
+            last_work = std::time::Instant::now();
+            continue;
+        }
+        if last_work.elapsed() >= SPIN_IDLE_LIMIT {
             return;
         }
         // A short pause between looks: polling without one contended with the caller's own
         // deque (MobileNetV2's training step 115 → 132 ms).
-        if rayon::yield_now() != Some(rayon::Yield::Executed) {
-            for _ in 0..16 {
-                std::hint::spin_loop();
-            }
+        for _ in 0..16 {
+            std::hint::spin_loop();
         }
     }
 }

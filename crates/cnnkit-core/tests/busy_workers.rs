@@ -94,3 +94,22 @@ fn parallel_work_from_another_thread_alongside() {
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     assert!(loader.join().unwrap() > 0);
 }
+
+/// Two threads calling it at once: each call's spin job may run inside the other call's work
+/// (a wait that only the spin job's idle limit ends), and both must finish with the right sums.
+#[test]
+fn concurrent_calls_from_two_threads() {
+    let run = |seed: u64| {
+        move || {
+            for step in 0..300u64 {
+                let s: u64 = with_busy_workers(|| {
+                    (0..8u64).into_par_iter().map(|i| (0..64u64).into_par_iter().map(|j| (i * j + step + seed) % 13).sum::<u64>()).sum()
+                });
+                assert_eq!(s, (0..8u64).map(|i| (0..64u64).map(|j| (i * j + step + seed) % 13).sum::<u64>()).sum());
+            }
+        }
+    };
+    let (a, b) = (std::thread::spawn(run(1)), std::thread::spawn(run(2)));
+    a.join().unwrap();
+    b.join().unwrap();
+}

@@ -153,10 +153,9 @@ pub fn fit(
         let (mut loss_sum, mut correct, mut seen) = (0.0, 0usize, 0usize);
         for batch in train.batches(epoch) {
             let (x, y) = batch?;
-            // The step runs on a kernel-pool worker, the other workers spinning for work (see
-            // cnnkit_core::with_busy_workers); the batch was received out here because waiting
-            // on the loader inside would block a worker.
-            let (l, hits) = cnnkit_core::with_busy_workers(|| -> Result<(f64, usize)> {
+            // The step runs on a kernel-pool worker (see cnnkit_core::on_worker); the batch was
+            // received out here because waiting on the loader inside would block a worker.
+            let (l, hits) = cnnkit_core::on_worker(|| -> Result<(f64, usize)> {
                 opt.zero_grad();
                 let logits = model.forward(&x)?;
                 let loss = cross_entropy(&logits, &y, &CrossEntropyOptions::default())?;
