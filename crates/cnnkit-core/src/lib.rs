@@ -33,6 +33,8 @@ pub use recycle::{recycle_buffers, recycle_stats, RecycleGuard};
 pub use shape::PadMode;
 pub use tensor::{Tensor, TensorId};
 
+use std::sync::atomic::{AtomicBool, Ordering};
+
 /// Sets the number of threads the kernels use (call once, before any compute; `None`: one per
 /// CPU this process may run on, and no error when the pool already exists).
 ///
@@ -46,7 +48,7 @@ pub fn set_num_threads(n: Option<usize>) -> Result<()> {
     let explicit = n.is_some();
     let n = n.unwrap_or(cpus.len().max(1)).max(1);
     let pin = n <= cpus.len() && cpus.len() > 1 && std::env::var("CNNKIT_PIN").map_or(true, |v| v != "0");
-    OVERSUBSCRIBED.store(n > cpus.len().max(1), std::sync::atomic::Ordering::Relaxed);
+    OVERSUBSCRIBED.store(n > cpus.len().max(1), Ordering::Relaxed);
     let built = rayon::ThreadPoolBuilder::new()
         .num_threads(n)
         .start_handler(move |i| {
@@ -140,7 +142,7 @@ pub fn on_worker<R: Send>(f: impl FnOnce() -> R + Send) -> R {
 /// sleep when it finds none. A rayon worker sleeps after ~20 µs without work, and waking it
 /// took ~26 µs on the 2-vCPU VM of BENCHMARKS.md (`cargo run --release -p cnnkit-core
 /// --example steal_latency`), so a network at batch 1 lost that much at the start of most of
-/// its parallel layers on the second thread, against ~0.2 µs with spinning workers. ONNX
+/// its parallel layers on the second thread, against under 1 µs with spinning workers. ONNX
 /// Runtime's pool spins the same way. The cost: the other workers burn their cores while `f`
 /// runs (its sequential parts too), so with more workers than CPUs ([`set_num_threads`]) this
 /// is plain [`on_worker`]. For inference at small batch (cnnkit-nn's `Graph::run` uses it).
@@ -175,8 +177,6 @@ pub fn with_busy_workers<R: Send>(f: impl FnOnce() -> R + Send) -> R {
         })
     })
 }
-
-use std::sync::atomic::{AtomicBool, Ordering};
 
 /// Set by [`set_num_threads`] when the pool has more workers than the process may use CPUs.
 /// (Asked there, not later: a pinned worker's own CPU set is its one CPU.)
