@@ -148,7 +148,10 @@ pub fn on_worker<R: Send>(f: impl FnOnce() -> R + Send) -> R {
 /// is plain [`on_worker`]. For inference at small batch (cnnkit-nn's `Graph::run` uses it).
 /// Not for training steps: there the spinning workers steal every half the caller would have
 /// run on its own, and MobileNetV2's 96² batch-16 step went from 111 to 124 ms (6 rounds;
-/// cifar-cnn's from 6.3 to 6.0 ms).
+/// cifar-cnn's from 6.3 to 6.0 ms). One call spins at a time: a call made while another is
+/// spinning (nested in it, or from another thread: concurrent requests, runs inside a
+/// `par_iter`) is plain [`on_worker`], since its spin jobs could only run inside the other
+/// call's work and hold it up.
 pub fn with_busy_workers<R: Send>(f: impl FnOnce() -> R + Send) -> R {
     /// Sets the flag when dropped, so the spinners stop even when `f` panics (the scope waits
     /// for them before it unwinds).
@@ -158,10 +161,18 @@ pub fn with_busy_workers<R: Send>(f: impl FnOnce() -> R + Send) -> R {
             self.0.store(true, Ordering::Release);
         }
     }
+    /// Clears [`SPINNING`] when dropped (after the scope: its spin jobs have returned).
+    struct Release;
+    impl Drop for Release {
+        fn drop(&mut self) {
+            SPINNING.store(false, Ordering::Release);
+        }
+    }
     on_worker(|| {
-        if rayon::current_num_threads() < 2 || OVERSUBSCRIBED.load(Ordering::Relaxed) {
+        if rayon::current_num_threads() < 2 || OVERSUBSCRIBED.load(Ordering::Relaxed) || SPINNING.swap(true, Ordering::AcqRel) {
             return f();
         }
+        let _release = Release;
         let caller = rayon::current_thread_index();
         let done = AtomicBool::new(false);
         rayon::in_place_scope(|s| {
@@ -177,6 +188,9 @@ pub fn with_busy_workers<R: Send>(f: impl FnOnce() -> R + Send) -> R {
         })
     })
 }
+
+/// Set while a [`with_busy_workers`] call has spin jobs out.
+static SPINNING: AtomicBool = AtomicBool::new(false);
 
 /// Set by [`set_num_threads`] when the pool has more workers than the process may use CPUs.
 /// (Asked there, not later: a pinned worker's own CPU set is its one CPU.)
