@@ -81,14 +81,14 @@ impl Graph {
 impl Planned<'_> {
     /// [`Graph::run`] on the planned graph.
     pub fn run(&self, inputs: &[(&str, Tensor)]) -> Result<Vec<Tensor>> {
-        cnnkit_core::with_busy_workers(|| self.graph.run_here(self, inputs, None))
+        cnnkit_core::with_busy_workers(|| self.run_here(inputs, None))
     }
 
     /// [`Graph::run_profiled`] on the planned graph.
     pub fn run_profiled(&self, inputs: &[(&str, Tensor)]) -> Result<(Vec<Tensor>, Vec<NodeTime>)> {
         cnnkit_core::with_busy_workers(|| {
             let mut times = Vec::with_capacity(self.graph.nodes.len());
-            let outs = self.graph.run_here(self, inputs, Some(&mut times))?;
+            let outs = self.run_here(inputs, Some(&mut times))?;
             Ok((outs, times))
         })
     }
@@ -97,21 +97,21 @@ impl Planned<'_> {
     pub fn graph(&self) -> &Graph {
         self.graph
     }
-}
 
-impl Graph {
-    fn run_here(&self, plan: &Planned, inputs: &[(&str, Tensor)], mut profile: Option<&mut Vec<NodeTime>>) -> Result<Vec<Tensor>> {
+    /// One run on the calling thread, timing each node into `profile` when given.
+    fn run_here(&self, inputs: &[(&str, Tensor)], mut profile: Option<&mut Vec<NodeTime>>) -> Result<Vec<Tensor>> {
+        let g = self.graph;
         let _guard = cnnkit_core::no_grad();
         // Activations freed below are reused for later nodes' outputs (and, when the caller
         // holds its own scope across runs, for the next run's): see cnnkit_core::recycle.
         let _recycle = cnnkit_core::recycle_buffers();
         let mut env: HashMap<&str, Tensor> = HashMap::default();
         for (name, _) in inputs {
-            if !self.inputs.iter().any(|v| v.name == *name) {
+            if !g.inputs.iter().any(|v| v.name == *name) {
                 return Err(super::graph_err(format!("'{name}' is not an input of the graph")));
             }
         }
-        for vi in &self.inputs {
+        for vi in &g.inputs {
             let t = inputs
                 .iter()
                 .find(|(n, _)| *n == vi.name)
@@ -128,24 +128,24 @@ impl Graph {
             }
             env.insert(vi.name.as_str(), t);
         }
-        let (last_use, fused, blocks) = (&plan.last_use, &plan.fused, &plan.blocks);
+        let (last_use, fused, blocks) = (&self.last_use, &self.fused, &self.blocks);
         // Nodes before `next` were run with an earlier one (a fused activation or block).
         let mut next = 0;
-        for (i, node) in self.nodes.iter().enumerate() {
+        for (i, node) in g.nodes.iter().enumerate() {
             if i < next {
                 continue;
             }
             let started = profile.is_some().then(std::time::Instant::now);
-            let value = |v: &str| env.get(v).or_else(|| self.initializers.get(v));
+            let value = |v: &str| env.get(v).or_else(|| g.initializers.get(v));
             if let Some(b) = &blocks[i] {
-                if let Some((y, detail)) = self.run_block(b, &value, profile.is_some()).map_err(|e| node_error(node, e))? {
+                if let Some((y, detail)) = g.run_block(b, &value, profile.is_some()).map_err(|e| node_error(node, e))? {
                     if let (Some(p), Some(t0)) = (profile.as_deref_mut(), started) {
                         let ms = t0.elapsed().as_secs_f64() * 1e3;
                         p.push(NodeTime { name: node.name.clone(), op: "InvertedResidual", detail, fused: None, ms });
                     }
                     env.insert(b.output.as_str(), y);
-                    for v in self.nodes[i..b.end].iter().flat_map(|n| &n.inputs) {
-                        if last_use.get(v.as_str()).is_some_and(|&u| u < b.end) && !self.outputs.contains(v) {
+                    for v in g.nodes[i..b.end].iter().flat_map(|n| &n.inputs) {
+                        if last_use.get(v.as_str()).is_some_and(|&u| u < b.end) && !g.outputs.contains(v) {
                             env.remove(v.as_str());
                         }
                     }
@@ -188,7 +188,7 @@ impl Graph {
                 }
             };
             if let (Some(p), Some(t0)) = (profile.as_deref_mut(), started) {
-                let fused = skip.then(|| self.nodes[i + 1].op.name());
+                let fused = skip.then(|| g.nodes[i + 1].op.name());
                 let detail = match (&node.op, args.get(1)) {
                     (GraphOp::Conv { kernel_shape: [kh, kw], strides: [s, _], group, .. }, Some(Some(w))) if w.ndim() == 4 => {
                         format!("{}→{} {kh}×{kw} s{s} g{group}", w.shape()[1] * group, w.shape()[0])
@@ -198,23 +198,23 @@ impl Graph {
                 p.push(NodeTime { name: node.name.clone(), op: node.op.name(), detail, fused, ms: t0.elapsed().as_secs_f64() * 1e3 });
             }
             next = i + 1 + usize::from(skip);
-            let names = if skip { &self.nodes[i + 1].outputs } else { &node.outputs };
+            let names = if skip { &g.nodes[i + 1].outputs } else { &node.outputs };
             for (name, t) in names.iter().zip(outs) {
                 if !name.is_empty() {
                     env.insert(name.as_str(), t);
                 }
             }
             for v in &node.inputs {
-                if last_use.get(v.as_str()) == Some(&i) && !self.outputs.contains(v) {
+                if last_use.get(v.as_str()) == Some(&i) && !g.outputs.contains(v) {
                     env.remove(v.as_str());
                 }
             }
         }
-        self.outputs
+        g.outputs
             .iter()
             .map(|o| {
                 env.get(o.as_str())
-                    .or_else(|| self.initializers.get(o))
+                    .or_else(|| g.initializers.get(o))
                     .cloned()
                     .ok_or_else(|| super::graph_err(format!("graph output '{o}' was not computed")))
             })
