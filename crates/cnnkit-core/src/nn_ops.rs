@@ -127,7 +127,14 @@ impl Tensor {
                 let nd = l.shape.len();
                 MatRef { data: &d[off.min(d.len())..], rows: r, cols: c, rs: l.strides[nd - 2] as isize, cs: l.strides[nd - 1] as isize }
             }
-            if nbatch == 1 || m * n * k < 32 * 32 * 32 {
+            let (lda, ldb) = (al.strides[na - 2], bl.strides[nb - 1]);
+            if nbatch == 1 && m <= 4 && al.strides[na - 1] == 1 && bl.strides[nb - 2] == 1 && lda >= k && ldb >= k {
+                // A few rows times a transposed weight (`linear` at batch 1–4: x · Wᵀ): rows of
+                // x against rows of W, which both lie contiguous; `gemm_nt` splits W's rows
+                // over the threads, where the gemm crate ran this memory-bound product on one.
+                let (da, db) = (&da[aoffs[0].min(da.len())..], &db[boffs[0].min(db.len())..]);
+                cnnkit_kernels::dot::gemm_nt(m, n, k, da, lda, db, ldb, &mut out, n, false, true);
+            } else if nbatch == 1 || m * n * k < 32 * 32 * 32 {
                 for (i, o) in out.chunks_mut(m * n).enumerate() {
                     gemm(view(da, aoffs[i], &al, m, k), view(db, boffs[i], &bl, k, n), o, false, nbatch == 1);
                 }

@@ -133,6 +133,35 @@ fn matmul_shapes_follow_pytorch() {
     assert_eq!(v(&m.matmul(&m.t().unwrap()).unwrap()), vec![14., 32., 32., 77.]);
 }
 
+/// `linear` at batch 1–4 (x · Wᵀ with W's rows contiguous) runs on `dot::gemm_nt`, which
+/// splits W's rows over the threads; it must agree with the gemm crate's product of the same
+/// operands made contiguous, for strided rows of x, f32 and f64, and keep its gradient.
+#[test]
+fn small_batch_linear_matches_the_general_product() {
+    for (dt, tol) in [(DType::F32, 1e-4), (DType::F64, 1e-10)] {
+        for (m, k, n) in [(1, 1280, 1000), (2, 300, 37), (4, 17, 1100), (3, 1, 5)] {
+            // Rows of x are k + 3 apart (a narrowed view), W is (n, k).
+            let x = Tensor::randn(&[m, k + 3], dt).narrow(1, 2, k).unwrap();
+            let w = Tensor::randn(&[n, k], dt);
+            let got = x.matmul(&w.t().unwrap()).unwrap();
+            let want = x.contiguous().unwrap().matmul(&w.t().unwrap().contiguous().unwrap()).unwrap();
+            assert_eq!(got.shape(), &[m, n]);
+            let (g, e) = (got.to_f64_vec().unwrap(), want.to_f64_vec().unwrap());
+            for (a, b) in g.iter().zip(&e) {
+                assert!((a - b).abs() <= tol * (1.0 + b.abs()) * (k as f64).sqrt(), "{dt:?} ({m}, {k}, {n}): {a} vs {b}");
+            }
+        }
+    }
+    let x = Tensor::randn(&[1, 8], DType::F64).requires_grad_().unwrap();
+    let w = Tensor::randn(&[3, 8], DType::F64);
+    x.linear(&w, None).unwrap().sum_all().unwrap().backward().unwrap();
+    let gx = x.grad().unwrap().to_vec::<f64>().unwrap();
+    let wv = w.to_vec::<f64>().unwrap();
+    for (j, g) in gx.iter().enumerate() {
+        assert!((g - (0..3).map(|i| wv[i * 8 + j]).sum::<f64>()).abs() < 1e-12);
+    }
+}
+
 #[test]
 fn fused_add_activation_matches_the_separate_ops() {
     use cnnkit_kernels::conv::Epilogue;

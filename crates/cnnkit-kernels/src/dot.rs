@@ -68,12 +68,28 @@ pub fn gemm_nt<T: Float>(
     if let (true, Some(a32), Some(b32), Some(c32)) =
         (available(), crate::simd::as_f32(a), crate::simd::as_f32(b), crate::simd::as_f32_mut(c))
     {
+        let t = crate::num_threads();
+        let split = parallel && t > 1 && m * n * k >= 1 << 18;
+        if split && m < R * t && n >= 2 * R * t {
+            // Too few rows of C to share (a batch-1 classifier: one row, 1000 columns): each
+            // thread takes a range of C's columns, i.e. of B's rows. The product reads B once,
+            // so it is bound by memory, and two cores draw more of it than one.
+            let cols_per_task = n.div_ceil(R).div_ceil(t) * R;
+            let cp = crate::conv::SyncPtr(c32.as_mut_ptr());
+            (0..n.div_ceil(cols_per_task)).into_par_iter().for_each(|task| {
+                let j0 = task * cols_per_task;
+                let nr = cols_per_task.min(n - j0);
+                // SAFETY: avx512f was detected; the views were checked against the slices
+                // above; each task writes only columns j0 .. j0 + nr of c's m rows.
+                #[cfg(target_arch = "x86_64")]
+                unsafe {
+                    product(m, nr, k, a32.as_ptr(), lda, b32[j0 * ldb..].as_ptr(), ldb, cp.get().add(j0), ldc, accumulate)
+                }
+            });
+            return;
+        }
         // Blocks of R rows of C; split over the threads only when there are enough of them.
-        let rows_per_task = if parallel && crate::num_threads() > 1 && m * n * k >= 1 << 18 {
-            m.div_ceil(R).div_ceil(crate::num_threads()).max(1) * R
-        } else {
-            m
-        };
+        let rows_per_task = if split { m.div_ceil(R).div_ceil(crate::num_threads()).max(1) * R } else { m };
         let cl = c32.len();
         c32[..cl.min(m * ldc)].par_chunks_mut(rows_per_task * ldc).enumerate().for_each(|(t, ct)| {
             let i0 = t * rows_per_task;
@@ -97,8 +113,12 @@ pub fn gemm_nt<T: Float>(
 #[allow(clippy::too_many_arguments)]
 #[target_feature(enable = "avx512f")]
 unsafe fn product(m: usize, n: usize, k: usize, a: *const f32, lda: usize, b: *const f32, ldb: usize, c: *mut f32, ldc: usize, acc: bool) {
-    for k0 in (0..k).step_by(KC) {
-        let kc = KC.min(k - k0);
+    // With one block of rows of A, no row of B is read twice: walk each whole, so the
+    // prefetchers see long streams (chunked, a batch-1 classifier's weight rows came from
+    // memory in 2 KiB pieces far apart).
+    let step = if m <= R { k } else { KC };
+    for k0 in (0..k).step_by(step) {
+        let kc = step.min(k - k0);
         let first = k0 == 0 && !acc;
         for i0 in (0..m).step_by(R) {
             for j0 in (0..n).step_by(R) {
@@ -224,6 +244,29 @@ mod tests {
                         prop_assert_eq!(c[i * ldc + j], c0[i * ldc + j]);
                     }
                 }
+            }
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(16))]
+        /// Few rows of C and many columns (a batch-1 classifier): the columns are split over
+        /// the threads. Run inside a pool of two so the split happens on any machine.
+        #[test]
+        fn gemm_nt_column_split_matches_naive(m in 1usize..8, n in 40usize..1100, k in 300usize..1300, acc: bool, seed in 0u64..1000) {
+            prop_assume!(m * n * k >= 1 << 18);
+            let mut s = seed;
+            let mut rnd = || { s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407); ((s >> 33) as f64 / (1u64 << 31) as f64) as f32 - 0.5 };
+            let a: Vec<f32> = (0..m * k).map(|_| rnd()).collect();
+            let b: Vec<f32> = (0..n * k).map(|_| rnd()).collect();
+            let c0: Vec<f32> = (0..m * n).map(|_| rnd()).collect();
+            let mut c = c0.clone();
+            let pool = rayon::ThreadPoolBuilder::new().num_threads(2).build().map_err(|e| TestCaseError::fail(e.to_string()))?;
+            pool.install(|| gemm_nt(m, n, k, &a, k, &b, k, &mut c, n, acc, true));
+            let mut want: Vec<f64> = c0.iter().map(|&v| if acc { v as f64 } else { 0.0 }).collect();
+            naive(m, n, k, &a, k, &b, k, &mut want, n);
+            for (i, (&got, &w)) in c.iter().zip(&want).enumerate() {
+                prop_assert!((got as f64 - w).abs() < 1e-4 * (1.0 + (k as f64).sqrt()), "{i}: {got} vs {w}");
             }
         }
     }
