@@ -43,6 +43,7 @@ fn run() {
                 n: s * s,
                 k: ci,
                 a: w.as_ptr(),
+                lda: ci,
                 b: x.as_ptr(),
                 ldb: s * s,
                 bias: Some(b.as_ptr()),

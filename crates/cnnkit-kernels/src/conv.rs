@@ -469,6 +469,7 @@ fn pointwise_forward(g: &ConvGeom, x: &[f32], w: &[f32], b: Option<&[f32]>, ep: 
         n: p,
         k: g.c_in,
         a: w.as_ptr(),
+        lda: g.c_in,
         b: xi.as_ptr(),
         ldb: p,
         bias: b.map(|b| b.as_ptr()),

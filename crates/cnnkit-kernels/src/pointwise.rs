@@ -22,14 +22,16 @@ pub fn available() -> bool {
     crate::packed::available()
 }
 
-/// The operands of one product. Element (m, k) of A is `a[m·k_len + k]` (row-major weights),
-/// (k, j) of B is `b[k·ldb + j]`, (m, j) of y `y[m·ldy + j]` and of the residual `r[m·ldr + j]`.
+/// The operands of one product. Element (m, k) of A is `a[m·lda + k]` (row-major weights; lda
+/// is K for a whole weight matrix, more for a range of its columns), (k, j) of B is
+/// `b[k·ldb + j]`, (m, j) of y `y[m·ldy + j]` and of the residual `r[m·ldr + j]`.
 #[derive(Clone, Copy)]
 pub struct Operands {
     pub m: usize,
     pub n: usize,
     pub k: usize,
     pub a: *const f32,
+    pub lda: usize,
     pub b: *const f32,
     pub ldb: usize,
     pub bias: Option<*const f32>,
@@ -66,7 +68,7 @@ pub unsafe fn run_par(o: &Operands) {
         let sub = Operands {
             m: m1 - m0,
             n: j1 - j0,
-            a: o.a.add(m0 * o.k),
+            a: o.a.add(m0 * o.lda),
             b: o.b.add(j0),
             bias: o.bias.map(|b| b.add(m0)),
             residual: o.residual.map(|(r, ld)| (r.add(m0 * ld + j0), ld)),
@@ -133,7 +135,7 @@ unsafe fn tile<const R: usize, const V: usize, const MASKED: bool>(o: &Operands,
                 |v| if MASKED { _mm512_maskz_loadu_ps(masks[v], row.add(16 * v)) } else { _mm512_loadu_ps(row.add(16 * v)) },
             );
         for (r, acc) in acc.iter_mut().enumerate() {
-            let av = _mm512_set1_ps(*o.a.add((m0 + r) * o.k + kk));
+            let av = _mm512_set1_ps(*o.a.add((m0 + r) * o.lda + kk));
             for v in 0..V {
                 acc[v] = _mm512_fmadd_ps(av, bv[v], acc[v]);
             }
@@ -182,19 +184,20 @@ mod tests {
         /// Against a naive f64 product: every tile height, full and masked widths, strided B
         /// and y, bias, both activations and the residual.
         #[test]
-        fn matches_naive(m in 1usize..20, n in 1usize..150, k in 1usize..40, pad in 0usize..20, acts in 0usize..9, res in any::<bool>(), seed in 0u64..1000) {
+        fn matches_naive(m in 1usize..20, n in 1usize..150, k in 1usize..40, pad in 0usize..20, apad in 0usize..3, acts in 0usize..9, res in any::<bool>(), seed in 0u64..1000) {
             prop_assume!(available());
             let mut s = seed;
             let mut r = |len: usize| -> Vec<f32> {
                 (0..len).map(|_| { s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407); ((s >> 40) as f32 / (1u64 << 24) as f32) * 8.0 - 4.0 }).collect()
             };
             let (ldb, ldy) = (n + pad, n + 2 * pad);
-            let (a, b, bias, rv) = (r(m * k), r(k * ldb), r(m), r(m * ldy));
+            let lda = k + apad;
+            let (a, b, bias, rv) = (r(m * lda), r(k * ldb), r(m), r(m * ldy));
             let eps = [Epilogue::None, Epilogue::Relu, Epilogue::Clamp(0.0, 6.0)];
             let (ep, after) = (eps[acts % 3], eps[acts / 3]);
             let mut y = vec![f32::NAN; m * ldy];
             let o = Operands {
-                m, n, k, a: a.as_ptr(), b: b.as_ptr(), ldb, bias: Some(bias.as_ptr()), ep,
+                m, n, k, a: a.as_ptr(), lda, b: b.as_ptr(), ldb, bias: Some(bias.as_ptr()), ep,
                 residual: res.then_some((rv.as_ptr(), ldy)), after, y: y.as_mut_ptr(), ldy,
             };
             // SAFETY: AVX-512F checked; the buffers hold every element the operands name.
@@ -207,7 +210,7 @@ mod tests {
                         prop_assert!(got.is_nan(), "wrote past the row at ({i}, {j})");
                         continue;
                     }
-                    let mut want = bias[i] as f64 + (0..k).map(|kk| a[i * k + kk] as f64 * b[kk * ldb + j] as f64).sum::<f64>();
+                    let mut want = bias[i] as f64 + (0..k).map(|kk| a[i * lda + kk] as f64 * b[kk * ldb + j] as f64).sum::<f64>();
                     want = clamp(ep, want);
                     if res {
                         want = clamp(after, want + rv[i * ldy + j] as f64);

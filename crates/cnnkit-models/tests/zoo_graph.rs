@@ -70,12 +70,15 @@ graph_tests!(
 
 /// MobileNetV2's and ShuffleNetV2's blocks run as one fused kernel in the planned graph
 /// (`cnnkit_kernels::fused`) where their planes allow, and compute what the unfused graph
-/// computes. At 128×128 input the blocks whose output plane has ≥ 196 pixels fuse: MobileNetV2's
-/// six on 64², 32² and 16² planes (the first with the stem convolution before it); ShuffleNetV2's stage-2 branches (pw → dw → pw, and the
-/// downsampling unit's dw → pw) on 16² planes. The 8×8 and 4×4 blocks run node by node.
+/// computes. At 128×128 input the blocks whose output plane has ≥ 196 pixels fuse (split by
+/// rows): MobileNetV2's six on 64², 32² and 16² planes (the first with the stem convolution
+/// before it); ShuffleNetV2's stage-2 branches (pw → dw → pw, and the downsampling unit's
+/// dw → pw) on 16² planes. So do the stride-2 blocks from a 16² plane to 8² (split by
+/// channels): MobileNetV2's seventh, ShuffleNetV2's stage-3 downsampling unit (two branches).
+/// The blocks on 8×8 and 4×4 planes throughout run node by node.
 #[test]
 fn inverted_residual_blocks_run_fused() {
-    for (name, fused) in [("mobilenet_v2", 6), ("shufflenet_v2_x0_5", 5)] {
+    for (name, fused) in [("mobilenet_v2", 7), ("shufflenet_v2_x0_5", 7)] {
         cnnkit_core::manual_seed(4);
         let model = cnnkit_models::build(name, 3, 128, 128, 10).unwrap();
         model.eval();
