@@ -131,6 +131,34 @@ pub fn inverted_residual(x: &Tensor, a: &InvertedResidualArgs) -> Result<Option<
     Ok(Some(Tensor::from_storage(f32::into_storage(y), &[n, c_out, oh, ow])))
 }
 
+/// `max_pool2d(act(conv2d(x, w, b, stride 2, padding)), kernel 3, stride 2, padding 1)` as one
+/// kernel (ResNet's stem: conv 7×7 s2, ReLU, max pool; see
+/// `cnnkit_kernels::direct::forward_max_pooled`), or `Ok(None)` when it does not apply: f32,
+/// one group, no dilation, autograd not recording, and the kernel's conditions
+/// (`direct::applies_max_pooled`). x: (N, C_in, H, W); w: (C_out, C_in, KH, KW); b: (C_out).
+pub fn conv_max_pool(x: &Tensor, w: &Tensor, b: Option<&Tensor>, padding: (usize, usize), act: Epilogue) -> Result<Option<Tensor>> {
+    if crate::is_grad_enabled() && (x.requires_grad() || w.requires_grad() || b.is_some_and(|b| b.requires_grad())) {
+        return Ok(None);
+    }
+    let (Ok([n, c_in, h, wd]), Ok([c_out, c_w, kh, kw])) = (<[usize; 4]>::try_from(x.shape()), <[usize; 4]>::try_from(w.shape())) else {
+        return Ok(None);
+    };
+    if c_w != c_in || b.is_some_and(|b| b.shape() != [c_out]) {
+        return Ok(None);
+    }
+    let g = cnnkit_kernels::conv::ConvGeom { n, c_in, h, w: wd, c_out, kh, kw, stride: (2, 2), padding, dilation: (1, 1), groups: 1 };
+    if h + 2 * padding.0 < kh || wd + 2 * padding.1 < kw || !cnnkit_kernels::direct::applies_max_pooled(&g) {
+        return Ok(None);
+    }
+    let (Some(xb), Some(wb), Some(bb)) = (Borrowed::new(x)?, Borrowed::new(w)?, Borrowed::new_opt(b)?) else {
+        return Ok(None);
+    };
+    let Some((ph, pw)) = cnnkit_kernels::direct::max_pooled_hw(&g) else { return Ok(None) };
+    let mut y: Vec<f32> = crate::recycle::output_vec(n * c_out * ph * pw);
+    cnnkit_kernels::direct::forward_max_pooled(&g, xb.data(), wb.data(), Borrowed::data_opt(&bb), act, &mut y);
+    Ok(Some(Tensor::from_storage(f32::into_storage(y), &[n, c_out, ph, pw])))
+}
+
 /// A contiguous f32 tensor's elements, borrowed under its storage's read lock.
 struct Borrowed<'a> {
     guard: std::sync::RwLockReadGuard<'a, crate::Storage>,

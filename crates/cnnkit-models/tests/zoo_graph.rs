@@ -100,3 +100,30 @@ fn inverted_residual_blocks_run_fused() {
         }
     }
 }
+
+/// ResNet's stem (conv 7×7 s2 + ReLU + max pool 3×3 s2) runs as one kernel in the planned
+/// graph (`cnnkit_kernels::direct::forward_max_pooled`) and computes what the eval-mode
+/// forward computes, at batch 1 and 2 and on an odd plane (the pool's last window clipped).
+#[test]
+fn resnet_stem_runs_conv_and_pool_fused() {
+    for (name, side) in [("resnet18", 64), ("resnet50", 57)] {
+        cnnkit_core::manual_seed(5);
+        let model = cnnkit_models::build(name, 3, side, side, 10).unwrap();
+        model.eval();
+        let graph = module_to_graph(model.as_ref(), &[None, Some(3), Some(side), Some(side)]).unwrap();
+        let planned = cnnkit_nn::graph::optimize_for_inference(&graph).unwrap();
+        for n in [1, 2] {
+            let x = cnnkit_core::Tensor::randn(&[n, 3, side, side], cnnkit_core::DType::F32);
+            let want = cnnkit_core::with_no_grad(|| model.forward(&x)).unwrap();
+            let (got, times) = planned.run_profiled(&[("input", x)]).unwrap();
+            let err = rel_err(&got[0], &want);
+            assert!(err <= 1e-5, "{name} (batch {n}, {side}²): differs from forward by {err:.2e}");
+            if cnnkit_kernels::fused::available() {
+                let fused: Vec<_> = times.iter().filter(|t| t.op == "ConvMaxPool").collect();
+                assert_eq!(fused.len(), 1, "{name}: {times:?}");
+                assert_eq!(fused[0].detail, "3→64 7×7 s2 + max pool 3×3 s2");
+                assert!(!times.iter().any(|t| t.op == "MaxPool"), "{name}: a MaxPool ran on its own");
+            }
+        }
+    }
+}

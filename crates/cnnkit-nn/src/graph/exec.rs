@@ -45,6 +45,8 @@ pub struct Planned<'g> {
     fused: Vec<Option<Epilogue>>,
     /// Per node, the fused block starting there (see `fuse::inverted_residual_blocks`).
     blocks: Vec<Option<super::fuse::BlockPlan>>,
+    /// Per node, the convolution + max pool starting there (see `fuse::conv_max_pools`).
+    conv_pools: Vec<Option<super::fuse::ConvPoolPlan>>,
 }
 
 impl Graph {
@@ -59,7 +61,8 @@ impl Graph {
         let readers = self.reader_counts();
         let fused = self.fusable_activations(&readers);
         let blocks = super::fuse::inverted_residual_blocks(self, &fused, &readers);
-        Planned { graph: self, last_use, fused, blocks }
+        let conv_pools = super::fuse::conv_max_pools(self, &fused, &readers);
+        Planned { graph: self, last_use, fused, blocks, conv_pools }
     }
 
     /// Runs the graph on `inputs` (by graph input name) and returns the graph outputs in order.
@@ -128,7 +131,7 @@ impl Planned<'_> {
             }
             env.insert(vi.name.as_str(), t);
         }
-        let (last_use, fused, blocks) = (&self.last_use, &self.fused, &self.blocks);
+        let (last_use, fused, blocks, conv_pools) = (&self.last_use, &self.fused, &self.blocks, &self.conv_pools);
         // Nodes before `next` were run with an earlier one (a fused activation or block).
         let mut next = 0;
         for (i, node) in g.nodes.iter().enumerate() {
@@ -137,21 +140,31 @@ impl Planned<'_> {
             }
             let started = profile.is_some().then(std::time::Instant::now);
             let value = |v: &str| env.get(v).or_else(|| g.initializers.get(v));
+            // A fused chain (block, or convolution + pool) that ran: its output, detail, op
+            // name for the profile, and the node after it.
+            let mut chain = None;
             if let Some(b) = &blocks[i] {
                 if let Some((y, detail)) = g.run_block(b, &value, profile.is_some()).map_err(|e| node_error(node, e))? {
-                    if let (Some(p), Some(t0)) = (profile.as_deref_mut(), started) {
-                        let ms = t0.elapsed().as_secs_f64() * 1e3;
-                        p.push(NodeTime { name: node.name.clone(), op: "InvertedResidual", detail, fused: None, ms });
-                    }
-                    env.insert(b.output.as_str(), y);
-                    for v in g.nodes[i..b.end].iter().flat_map(|n| &n.inputs) {
-                        if last_use.get(v.as_str()).is_some_and(|&u| u < b.end) && !g.outputs.contains(v) {
-                            env.remove(v.as_str());
-                        }
-                    }
-                    next = b.end;
-                    continue;
+                    chain = Some((y, detail, "InvertedResidual", b.output.as_str(), b.end));
                 }
+            } else if let Some(cp) = &conv_pools[i] {
+                if let Some((y, detail)) = g.run_conv_pool(cp, &value, profile.is_some()).map_err(|e| node_error(node, e))? {
+                    chain = Some((y, detail, "ConvMaxPool", cp.output.as_str(), cp.end));
+                }
+            }
+            if let Some((y, detail, op, output, end)) = chain {
+                if let (Some(p), Some(t0)) = (profile.as_deref_mut(), started) {
+                    let ms = t0.elapsed().as_secs_f64() * 1e3;
+                    p.push(NodeTime { name: node.name.clone(), op, detail, fused: None, ms });
+                }
+                env.insert(output, y);
+                for v in g.nodes[i..end].iter().flat_map(|n| &n.inputs) {
+                    if last_use.get(v.as_str()).is_some_and(|&u| u < end) && !g.outputs.contains(v) {
+                        env.remove(v.as_str());
+                    }
+                }
+                next = end;
+                continue;
             }
             let mut args = Vec::with_capacity(node.inputs.len());
             for v in &node.inputs {
@@ -223,6 +236,33 @@ impl Planned<'_> {
 }
 
 impl Graph {
+    /// Runs a matched convolution + max pool as one kernel (`cnnkit_core::fused::conv_max_pool`):
+    /// its output and, when `detail`, the profile's detail, or None when the kernel does not
+    /// take these operands (the caller then runs the nodes one by one).
+    fn run_conv_pool<'a>(
+        &self,
+        cp: &super::fuse::ConvPoolPlan,
+        value: &impl Fn(&str) -> Option<&'a Tensor>,
+        detail: bool,
+    ) -> R<Option<(Tensor, String)>> {
+        let node = &self.nodes[cp.conv.node];
+        let input = |k: usize| -> Option<&'a Tensor> { value(node.inputs.get(k).filter(|v| !v.is_empty())?) };
+        let (Some(x), Some(w)) = (input(0), input(1)) else { return Ok(None) };
+        let b = match node.inputs.get(2).filter(|v| !v.is_empty()) {
+            Some(_) => match input(2) {
+                Some(b) => Some(b),
+                None => return Ok(None),
+            },
+            None => None,
+        };
+        let Some(y) = cnnkit_core::fused::conv_max_pool(x, w, b, cp.padding, cp.conv.ep)? else { return Ok(None) };
+        let detail = match w.shape() {
+            [m, c, kh, kw] if detail => format!("{c}→{m} {kh}×{kw} s2 + max pool 3×3 s2"),
+            _ => String::new(),
+        };
+        Ok(Some((y, detail)))
+    }
+
     /// Runs a matched inverted residual block as one kernel: its output and, when `detail`, the
     /// profile's detail (see `NodeTime::detail`; else empty), or None when the kernel does not
     /// take these operands (the caller then runs the nodes one by one).

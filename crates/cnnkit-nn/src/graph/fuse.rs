@@ -1,4 +1,5 @@
-//! Chains of nodes the inference executor runs as one fused kernel. Today: MobileNetV2's
+//! Chains of nodes the inference executor runs as one fused kernel: a stride-2 convolution
+//! (+act) followed by a 3×3 stride-2 max pool (ResNet's stem, [`conv_max_pools`]), and MobileNetV2's
 //! inverted residual block — Conv 1×1 (+act) → depthwise Conv 3×3 (+act) → Conv 1×1 (+act)
 //! [→ Add of the block's input (+act)], or without the 1×1 expansion, then optionally after
 //! the stride-2 Conv (+act) that makes its input (a network's stem) — as
@@ -101,6 +102,47 @@ pub(super) fn inverted_residual_blocks(g: &Graph, fused: &[Option<Epilogue>], re
                 None => (at, None),
             };
             Some(BlockPlan { end, stem, expand, dw, stride, project, add, output: x_out?.to_string() })
+        })
+        .collect()
+}
+
+/// A stride-2 convolution (+act) and the 3×3 stride-2 pad-1 max pool after it: nodes
+/// `conv.node .. end` (the activation included).
+#[derive(Clone, Debug)]
+pub(super) struct ConvPoolPlan {
+    pub conv: ConvUnit,
+    pub end: usize,
+    /// The convolution's zero padding (rows, columns).
+    pub padding: (usize, usize),
+    /// The pool's output.
+    pub output: String,
+}
+
+/// For each node, the convolution + max pool starting there (None for most): a Conv of one
+/// group, stride 2, no dilation and symmetric padding, its fused activation, then a MaxPool
+/// 3×3, stride 2, padding 1, no dilation, floor mode, with one output, reading the
+/// convolution's output as its only reader (`cnnkit_core::fused::conv_max_pool`).
+pub(super) fn conv_max_pools(g: &Graph, fused: &[Option<Epilogue>], readers: &HashMap<&str, usize>) -> Vec<Option<ConvPoolPlan>> {
+    (0..g.nodes.len())
+        .map(|i| {
+            let GraphOp::Conv { strides: [2, 2], pads: [t, l, b, r], dilations: [1, 1], group: 1, .. } = g.nodes[i].op else { return None };
+            if t != b || l != r {
+                return None;
+            }
+            let ep = fused.get(i).copied().flatten();
+            let at = i + 1 + usize::from(ep.is_some());
+            let out = g.nodes.get(at - 1)?.outputs.first()?;
+            let pool = g.nodes.get(at)?;
+            let GraphOp::MaxPool { kernel_shape: [3, 3], strides: [2, 2], pads: [1, 1, 1, 1], dilations: [1, 1], ceil_mode: false } =
+                pool.op
+            else {
+                return None;
+            };
+            if pool.inputs.first() != Some(out) || readers.get(out.as_str()) != Some(&1) || pool.outputs.len() != 1 {
+                return None;
+            }
+            let conv = ConvUnit { node: i, ep: ep.unwrap_or(Epilogue::None) };
+            Some(ConvPoolPlan { conv, end: at + 1, padding: (t, l), output: pool.outputs[0].clone() })
         })
         .collect()
 }
