@@ -707,6 +707,42 @@ fn forward_bands<T: Float>(g: &ConvGeom, x: &[T], w: &[T], b: Option<&[T]>, ep: 
         // written by this band only; the GEMM below writes the same (C_out, n) block.
         let row = |co: usize| unsafe { std::slice::from_raw_parts_mut(yp.get().add(co * p + p0), n) };
         let mul = |cols: MatRef<T>| unsafe { crate::matmul::gemm_raw(wm, cols, yp.get().add(p0), p as isize, 1, false, false) };
+        if let (true, Some(w32), Some(x32)) = (crate::pointwise::available(), crate::simd::as_f32(w), crate::simd::as_f32(x)) {
+            // f32 with AVX-512: the pointwise kernel (broadcast weights, 64 pixels a tile) with
+            // bias and activation before its one store.
+            let b32 = b.and_then(crate::simd::as_f32);
+            let run = |src: *const f32, ldb: usize| {
+                // SAFETY: as for `row` above: rows co of this band, columns p0 .. p0 + n of y
+                // (an f32 slice, as w and x are), written by this band only; src holds (K, n)
+                // with rows ldb apart.
+                unsafe {
+                    crate::pointwise::run(&crate::pointwise::Operands {
+                        m: g.c_out,
+                        n,
+                        k: kr,
+                        a: w32.as_ptr(),
+                        lda: kr,
+                        b: src,
+                        ldb,
+                        bias: b32.map(|b| b.as_ptr()),
+                        ep,
+                        residual: None,
+                        after: Epilogue::None,
+                        y: (yp.get() as *mut f32).add(p0),
+                        ldy: p,
+                    })
+                }
+            };
+            if pointwise {
+                run(x32[p0..].as_ptr(), p);
+            } else {
+                f32::with_scratch(kr * n, |cols| {
+                    im2col_rows(g, x32, u0, u1, cols);
+                    run(cols.as_ptr(), n);
+                });
+            }
+            return;
+        }
         if pointwise {
             mul(MatRef { data: &x[p0..], rows: kr, cols: n, rs: p as isize, cs: 1 });
         } else {
