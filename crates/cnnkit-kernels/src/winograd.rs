@@ -1067,11 +1067,7 @@ mod tests {
                              ph in 0usize..3, pw in 0usize..3, bias: bool, seed in 0u64..10_000) {
             let g = geom(n, cin, cout, h, w, (ph, pw));
             prop_assume!(g.out_hw().is_some());
-            let mut s = seed;
-            let x = uniform(n * cin * h * w, &mut s);
-            let wt = uniform(cout * cin * 9, &mut s);
-            let b = uniform(cout, &mut s);
-            let e = run_f32(&g, &x, &wt, bias.then_some(&b[..]));
+            let e = random_f32_error(&g, bias, seed);
             prop_assert!(e <= 1e-4, "scaled error {e:.3e} for {g:?}");
         }
 
@@ -1082,12 +1078,17 @@ mod tests {
                                      ph in 0usize..3, pw in 0usize..3, seed in 0u64..10_000) {
             let g = geom(n, cin, cout, h, w, (ph, pw));
             prop_assume!(g.out_hw().is_some());
-            let mut s = seed;
-            let x = uniform(n * cin * h * w, &mut s);
-            let wt = uniform(cout * cin * 9, &mut s);
-            let b = uniform(cout, &mut s);
-            let e = run_f32(&g, &x, &wt, Some(&b[..]));
+            let e = random_f32_error(&g, true, seed);
             prop_assert!(e <= 1e-4, "scaled error {e:.3e} for {g:?}");
         }
+    }
+
+    /// [`run_f32`] on uniform random input, weights and (when `bias`) bias from `seed`.
+    fn random_f32_error(g: &ConvGeom, bias: bool, seed: u64) -> f64 {
+        let mut s = seed;
+        let x = uniform(g.n * g.c_in * g.h * g.w, &mut s);
+        let wt = uniform(g.c_out * g.c_in * 9, &mut s);
+        let b = uniform(g.c_out, &mut s);
+        run_f32(g, &x, &wt, bias.then_some(&b[..]))
     }
 }
