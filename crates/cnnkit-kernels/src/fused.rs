@@ -232,6 +232,9 @@ fn forward_by_channels(blk: &InvertedResidual, n: usize, x: &[f32], residual: Op
     let (oh, ow) = blk.out_hw();
     let oplane = oh * ow;
     let (x_img, y_img) = (blk.x_image_len(), blk.c_out * oplane);
+    // The units write y through a raw pointer: its length is checked here too (tests call
+    // this mode directly).
+    assert!(x.len() >= n * x_img && y.len() >= n * y_img && residual.is_none_or(|r| r.len() >= n * y_img));
     let t = crate::num_threads();
     let per = blk.c_mid.div_ceil(blk.channel_parts(t));
     let parts = blk.c_mid.div_ceil(per);
