@@ -208,8 +208,9 @@ pub fn forward_max_pooled(g: &ConvGeom, x: &[f32], w: &[f32], b: Option<&[f32]>,
 
 /// One pooled row: out[px] = the max of columns 2·px − 1 ..= 2·px + 1 (inside the row) of
 /// the rows given (one to three), a NaN propagating as in PyTorch's max pool. Sixteen outputs
-/// per step: the rows' maximum over 32 + 1 columns, split into the window's three columns by
-/// the stride-2 permutes (`simd::stride2_lanes`), columns outside the row read as −∞.
+/// per step: the rows' maximum over 32 columns (and the step before's last), split into the
+/// window's three columns by the stride-2 permutes (`simd::stride2_lanes`), columns outside
+/// the row read as −∞.
 ///
 /// # Safety
 /// The CPU supports AVX-512F; out.len() = (r0.len() − 1)/2 + 1; r1 and r2 as long as r0.
@@ -232,9 +233,17 @@ unsafe fn pool_row(r0: &[f32], r1: Option<&[f32]>, r2: Option<&[f32]>, out: &mut
         }
         v
     };
+    // Lane j of `shifted(u, prev)` is column c − 1 + j where u holds columns c .. c + 16 and
+    // prev the 16 before them: each column's maximum over the rows is taken once.
+    let shifted =
+        |u: __m512, prev: __m512| _mm512_castsi512_ps(_mm512_alignr_epi32::<15>(_mm512_castps_si512(u), _mm512_castps_si512(prev)));
+    // Columns c0 − 16 .. c0 (left of the row at the start: −∞).
+    let mut prev = ninf;
     for px0 in (0..out.len()).step_by(16) {
         let c0 = (2 * px0) as isize;
-        let (u0, u1, v0, v1) = (col(c0), col(c0 + 16), col(c0 - 1), col(c0 + 15));
+        let (u0, u1) = (col(c0), col(c0 + 16));
+        let (v0, v1) = (shifted(u0, prev), shifted(u1, u0));
+        prev = u1;
         let v = max(max(stride2_lanes::<false>(v0, v1), stride2_lanes::<false>(u0, u1)), stride2_lanes::<true>(u0, u1));
         let store = ((1u32 << (out.len() - px0).min(16)) - 1) as __mmask16;
         // SAFETY: outputs px0 .. px0 + 16, masked to the row.
@@ -356,9 +365,10 @@ mod tests {
         #![proptest_config(ProptestConfig::with_cases(40))]
         /// The convolution with its 3×3 stride-2 pad-1 max pool against the naive convolution
         /// pooled naively: odd and even planes, several images and pooled-row chunks, each
-        /// activation (a negative clamp floor, so the pool sees negative values).
+        /// activation (a negative clamp floor, so the pool sees negative values), pooled rows of one
+        /// and two 16-output steps.
         #[test]
-        fn max_pooled_matches_naive(n in 1usize..3, c_in in 1usize..4, c_out in 1usize..20, h in 3usize..40, w in 3usize..50,
+        fn max_pooled_matches_naive(n in 1usize..3, c_in in 1usize..4, c_out in 1usize..20, h in 3usize..40, w in 3usize..100,
                                     k in 1usize..8, p in 0usize..4, act in 0usize..3, seed in 0u64..10_000) {
             let g = ConvGeom { n, c_in, h, w, c_out, kh: k, kw: k, stride: (2, 2), padding: (p, p), dilation: (1, 1), groups: 1 };
             if !applies_max_pooled(&g) {
