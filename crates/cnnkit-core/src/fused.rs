@@ -133,10 +133,12 @@ pub fn inverted_residual(x: &Tensor, a: &InvertedResidualArgs) -> Result<Option<
 
 /// `max_pool2d(act(conv2d(x, w, b, stride 2, padding)), kernel 3, stride 2, padding 1)` as one
 /// kernel (ResNet's stem: conv 7×7 s2, ReLU, max pool; see
-/// `cnnkit_kernels::direct::forward_max_pooled`), or `Ok(None)` when it does not apply: f32,
-/// one group, no dilation, autograd not recording, and the kernel's conditions
-/// (`direct::applies_max_pooled`). x: (N, C_in, H, W); w: (C_out, C_in, KH, KW); b: (C_out).
-pub fn conv_max_pool(x: &Tensor, w: &Tensor, b: Option<&Tensor>, padding: (usize, usize), act: Epilogue) -> Result<Option<Tensor>> {
+/// `cnnkit_kernels::direct::forward_max_pooled`), with w, b and act from `conv`, or `Ok(None)`
+/// when it does not apply: f32, one group, no dilation, autograd not recording, and the
+/// kernel's conditions (`direct::applies_max_pooled`, which include a kernel that fits the
+/// padded input). x: (N, C_in, H, W); w: (C_out, C_in, KH, KW); b: (C_out).
+pub fn conv_max_pool(x: &Tensor, conv: &FusedConv, padding: (usize, usize)) -> Result<Option<Tensor>> {
+    let (w, b) = (conv.w, conv.b);
     if crate::is_grad_enabled() && (x.requires_grad() || w.requires_grad() || b.is_some_and(|b| b.requires_grad())) {
         return Ok(None);
     }
@@ -147,15 +149,14 @@ pub fn conv_max_pool(x: &Tensor, w: &Tensor, b: Option<&Tensor>, padding: (usize
         return Ok(None);
     }
     let g = cnnkit_kernels::conv::ConvGeom { n, c_in, h, w: wd, c_out, kh, kw, stride: (2, 2), padding, dilation: (1, 1), groups: 1 };
-    if h + 2 * padding.0 < kh || wd + 2 * padding.1 < kw || !cnnkit_kernels::direct::applies_max_pooled(&g) {
+    let (true, Some((ph, pw))) = (cnnkit_kernels::direct::applies_max_pooled(&g), cnnkit_kernels::direct::max_pooled_hw(&g)) else {
         return Ok(None);
-    }
+    };
     let (Some(xb), Some(wb), Some(bb)) = (Borrowed::new(x)?, Borrowed::new(w)?, Borrowed::new_opt(b)?) else {
         return Ok(None);
     };
-    let Some((ph, pw)) = cnnkit_kernels::direct::max_pooled_hw(&g) else { return Ok(None) };
     let mut y: Vec<f32> = crate::recycle::output_vec(n * c_out * ph * pw);
-    cnnkit_kernels::direct::forward_max_pooled(&g, xb.data(), wb.data(), Borrowed::data_opt(&bb), act, &mut y);
+    cnnkit_kernels::direct::forward_max_pooled(&g, xb.data(), wb.data(), Borrowed::data_opt(&bb), conv.ep, &mut y);
     Ok(Some(Tensor::from_storage(f32::into_storage(y), &[n, c_out, ph, pw])))
 }
 

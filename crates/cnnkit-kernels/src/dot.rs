@@ -89,7 +89,7 @@ pub fn gemm_nt<T: Float>(
             return;
         }
         // Blocks of R rows of C; split over the threads only when there are enough of them.
-        let rows_per_task = if split { m.div_ceil(R).div_ceil(crate::num_threads()).max(1) * R } else { m };
+        let rows_per_task = if split { m.div_ceil(R).div_ceil(t).max(1) * R } else { m };
         let cl = c32.len();
         c32[..cl.min(m * ldc)].par_chunks_mut(rows_per_task * ldc).enumerate().for_each(|(t, ct)| {
             let i0 = t * rows_per_task;

@@ -236,6 +236,25 @@ impl Planned<'_> {
 }
 
 impl Graph {
+    /// A fused chain's input `k` of node `node`, None when absent or not yet defined.
+    fn chain_input<'a>(&self, value: &impl Fn(&str) -> Option<&'a Tensor>, node: usize, k: usize) -> Option<&'a Tensor> {
+        value(self.nodes[node].inputs.get(k).filter(|v| !v.is_empty())?)
+    }
+
+    /// A fused chain's convolution: its weight, its bias when the node names one, and its
+    /// activation; None when an operand it names is missing.
+    fn chain_conv<'a>(
+        &self,
+        value: &impl Fn(&str) -> Option<&'a Tensor>,
+        u: super::fuse::ConvUnit,
+    ) -> Option<cnnkit_core::fused::FusedConv<'a>> {
+        let b = match self.nodes[u.node].inputs.get(2).filter(|v| !v.is_empty()) {
+            Some(_) => Some(self.chain_input(value, u.node, 2)?),
+            None => None,
+        };
+        Some(cnnkit_core::fused::FusedConv { w: self.chain_input(value, u.node, 1)?, b, ep: u.ep })
+    }
+
     /// Runs a matched convolution + max pool as one kernel (`cnnkit_core::fused::conv_max_pool`):
     /// its output and, when `detail`, the profile's detail, or None when the kernel does not
     /// take these operands (the caller then runs the nodes one by one).
@@ -245,18 +264,9 @@ impl Graph {
         value: &impl Fn(&str) -> Option<&'a Tensor>,
         detail: bool,
     ) -> R<Option<(Tensor, String)>> {
-        let node = &self.nodes[cp.conv.node];
-        let input = |k: usize| -> Option<&'a Tensor> { value(node.inputs.get(k).filter(|v| !v.is_empty())?) };
-        let (Some(x), Some(w)) = (input(0), input(1)) else { return Ok(None) };
-        let b = match node.inputs.get(2).filter(|v| !v.is_empty()) {
-            Some(_) => match input(2) {
-                Some(b) => Some(b),
-                None => return Ok(None),
-            },
-            None => None,
-        };
-        let Some(y) = cnnkit_core::fused::conv_max_pool(x, w, b, cp.padding, cp.conv.ep)? else { return Ok(None) };
-        let detail = match w.shape() {
+        let (Some(x), Some(conv)) = (self.chain_input(value, cp.conv.node, 0), self.chain_conv(value, cp.conv)) else { return Ok(None) };
+        let Some(y) = cnnkit_core::fused::conv_max_pool(x, &conv, cp.padding)? else { return Ok(None) };
+        let detail = match conv.w.shape() {
             [m, c, kh, kw] if detail => format!("{c}→{m} {kh}×{kw} s2 + max pool 3×3 s2"),
             _ => String::new(),
         };
@@ -272,15 +282,9 @@ impl Graph {
         value: &impl Fn(&str) -> Option<&'a Tensor>,
         detail: bool,
     ) -> R<Option<(Tensor, String)>> {
-        use cnnkit_core::fused::{inverted_residual, FusedConv, InvertedResidualArgs, StemArgs};
-        let input = |node: usize, k: usize| -> Option<&'a Tensor> { value(self.nodes[node].inputs.get(k).filter(|v| !v.is_empty())?) };
-        let conv = |u: super::fuse::ConvUnit| -> Option<FusedConv<'a>> {
-            let b = match self.nodes[u.node].inputs.get(2).filter(|v| !v.is_empty()) {
-                Some(_) => Some(input(u.node, 2)?),
-                None => None,
-            };
-            Some(FusedConv { w: input(u.node, 1)?, b, ep: u.ep })
-        };
+        use cnnkit_core::fused::{inverted_residual, InvertedResidualArgs, StemArgs};
+        let input = |node: usize, k: usize| self.chain_input(value, node, k);
+        let conv = |u: super::fuse::ConvUnit| self.chain_conv(value, u);
         let first = b.stem.map(|(u, _)| u).or(b.expand).map_or(b.dw.node, |u| u.node);
         let (Some(x), Some(dw), Some(project)) = (input(first, 0), conv(b.dw), conv(b.project)) else { return Ok(None) };
         // A depthwise layer: one group per channel (a malformed group count errs unfused).
