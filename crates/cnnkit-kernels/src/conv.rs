@@ -858,6 +858,12 @@ pub fn conv2d_backward_weight<T: Float>(g: &ConvGeom, x: &[T], gy: &[T], gw: &mu
     if depthwise::applies(g) {
         return depthwise::backward_weight(g, x, gy, gw);
     }
+    if crate::winograd::applies(g) && crate::winograd::panels_apply(g) {
+        let f = crate::simd::as_f32;
+        if let (Some(x), Some(gy), Some(gw)) = (f(x), f(gy), crate::simd::as_f32_mut(gw)) {
+            return crate::winograd::backward_weight_panels(g, x, gy, gw);
+        }
+    }
     if crate::winograd::applies_to_weight_grad(g) {
         return crate::winograd::backward_weight(g, x, gy, gw);
     }

@@ -346,9 +346,24 @@ unsafe fn store_transposed(ct: &[f32], w: usize, rows: usize, bias: Option<*cons
 /// Depth of a K block (see [`panel_product`]): 192·MR floats = 24 KiB of A.
 const KC: usize = 192;
 
+/// One MR × w tile of Cᵀ (see [`micro`]) for any w ≤ [`NR`].
+///
+/// # Safety
+/// AVX-512F; a holds k·MR floats, b rows k of ldb (w read from each), c w rows of ldc with MR
+/// floats each, accessed by no one else during the call.
 #[cfg(target_arch = "x86_64")]
 #[allow(clippy::too_many_arguments)] // the tile's operands with their strides
-unsafe fn micro_dispatch(w: usize, k: usize, a: *const f32, b: *const f32, ldb: usize, c: *mut f32, ldc: usize, acc: bool, pf: *const f32) {
+pub(crate) unsafe fn micro_dispatch(
+    w: usize,
+    k: usize,
+    a: *const f32,
+    b: *const f32,
+    ldb: usize,
+    c: *mut f32,
+    ldc: usize,
+    acc: bool,
+    pf: *const f32,
+) {
     match w {
         14 => micro::<14>(k, a, b, ldb, c, ldc, acc, pf),
         13 => micro::<13>(k, a, b, ldb, c, ldc, acc, pf),

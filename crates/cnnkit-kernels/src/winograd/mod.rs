@@ -27,6 +27,9 @@ use crate::matmul::{gemm_strided, MatRef};
 use crate::packed::PackedA;
 use crate::Float;
 use rayon::prelude::*;
+use std::ops::Range;
+
+mod panels;
 
 /// Output tile side (m in F(m×m, r×r)).
 const M_T: usize = 4;
@@ -124,6 +127,12 @@ pub fn forward<T: Float>(g: &ConvGeom, x: &[T], w: &[T], b: Option<&[T]>, y: &mu
 /// [`forward`] with the activation `ep` applied to each output row as it is written.
 /// Geometry and slice lengths are checked by [`transform_weights`] and [`forward_ep_u`].
 pub fn forward_ep<T: Float>(g: &ConvGeom, x: &[T], w: &[T], b: Option<&[T]>, ep: crate::conv::Epilogue, y: &mut [T]) {
+    if panels::applies(g) {
+        let f = crate::simd::as_f32;
+        if let (Some(x), Some(w), Some(y)) = (f(x), f(w), crate::simd::as_f32_mut(y)) {
+            return panels::forward(g, x, panels::Filters::Direct(w), b.and_then(f), ep, y);
+        }
+    }
     // The transform writes every element of U, so a per-thread buffer with stale contents
     // serves (a fresh zeroed U was ~9% of a 128-channel 28×28 layer at batch 1).
     T::with_aux_scratch(u_len(g), |u| {
@@ -232,7 +241,7 @@ fn forward_impl<T: Float>(g: &ConvGeom, x: &[T], um: UMats<T>, b: Option<&[T]>, 
             let blk = Block::new(g, rpb, bi, ep);
             let (nb, nbp) = (blk.tiles(), blk.nbp);
             with_block_scratch(&blk, |v, m, t1, t2, pad| {
-                input_transform_best(&blk, x, v, t1, t2, pad);
+                input_transform_best(&blk, x, 0..blk.g.c_in, v, t1, t2, pad);
                 for xi in 0..NXI {
                     let bm = MatRef { data: &v[xi * cin * nbp..], rows: cin, cols: nb, rs: nbp as isize, cs: 1 };
                     let mx = &mut m[xi * cout * nbp..(xi + 1) * cout * nbp];
@@ -265,6 +274,19 @@ fn forward_impl<T: Float>(g: &ConvGeom, x: &[T], um: UMats<T>, b: Option<&[T]>, 
     }
 }
 
+/// True when a layer [`applies`] accepts has few enough tiles for the output-channel panel
+/// path (f32, AVX-512; see [`panels`]), which its forward and input gradient then take, and
+/// its weight gradient through [`backward_weight_panels`].
+pub fn panels_apply(g: &ConvGeom) -> bool {
+    panels::applies(g)
+}
+
+/// gw = d(conv)/dw · gy by output-channel panels (see [`panels`]); for layers where
+/// [`applies`] and [`panels_apply`] hold. Shapes as [`backward_weight`].
+pub fn backward_weight_panels(g: &ConvGeom, x: &[f32], gy: &[f32], gw: &mut [f32]) {
+    panels::backward_weight(g, x, gy, gw)
+}
+
 /// gx = d(conv)/dx · gy for convolutions where [`applies`] holds, by Winograd: the input
 /// gradient of a 3×3 stride-1 pad-p convolution is a 3×3 stride-1 pad-(2 − p) convolution of
 /// gy with the filters rotated 180° and C_in / C_out swapped.
@@ -272,6 +294,11 @@ fn forward_impl<T: Float>(g: &ConvGeom, x: &[T], um: UMats<T>, b: Option<&[T]>, 
 pub fn backward_input<T: Float>(g: &ConvGeom, gy: &[T], w: &[T], gx: &mut [T]) {
     let (oh, ow) = g.out_hw().expect("ConvGeom checked by caller");
     let gt = ConvGeom { n: g.n, c_in: g.c_out, h: oh, w: ow, c_out: g.c_in, padding: (2 - g.padding.0, 2 - g.padding.1), ..*g };
+    if panels::applies(&gt) {
+        if let (Some(gy), Some(w), Some(gx)) = (crate::simd::as_f32(gy), crate::simd::as_f32(w), crate::simd::as_f32_mut(gx)) {
+            return panels::forward(&gt, gy, panels::Filters::Flipped(w), None, crate::conv::Epilogue::None, gx);
+        }
+    }
     // wt[ci][co][ki][kj] = w[co][ci][2 − ki][2 − kj]: (C_in, C_out, 3, 3).
     let mut wt = vec![T::zero(); g.c_in * g.c_out * 9];
     for (ci, dst) in wt.chunks_exact_mut(g.c_out * 9).enumerate() {
@@ -443,7 +470,7 @@ pub fn backward_weight<T: Float>(g: &ConvGeom, x: &[T], gy: &[T], gw: &mut [T]) 
                 let blk = Block::new(g, rpb, bi, crate::conv::Epilogue::None);
                 let (nb, nbp) = (blk.tiles(), blk.nbp);
                 with_block_scratch(&blk, |v, yh, t1, t2, pad| {
-                    input_transform_best(&blk, x, v, t1, t2, pad);
+                    input_transform_best(&blk, x, 0..blk.g.c_in, v, t1, t2, pad);
                     grad_transform_best(&blk, gy, yh, t1, t2);
                     for xi in 0..NXI {
                         let a = MatRef { data: &yh[xi * cout * nbp..], rows: cout, cols: nb, rs: nbp as isize, cs: 1 };
@@ -502,6 +529,21 @@ fn gt3<T: Float>(m: &[T]) -> [T; 3] {
     let (s12_, d12) = (m[1] + m[2], m[2] - m[1]);
     let (s34, d34) = (m[3] + m[4], m[3] - m[4]);
     [q * m[0] - s6 * s12_ + s24 * s34, s6 * d12 + s12 * d34, s6 * (s34 - s12_) + m[5]]
+}
+
+/// out = Gᵀ·m along one axis, per lane ([`gt3`] on planes): 6 planes in, 3 out, n lanes (a
+/// multiple of LANES).
+#[inline(always)]
+fn gt3_planes<T: Float>(src: &[T], sp: Pl, dst: &mut [T], dp: Pl, n: usize) {
+    for l0 in (0..n).step_by(LANES) {
+        let d: [[T; LANES]; 6] = load(src, sp, l0);
+        let mut o = [[T::zero(); LANES]; 3];
+        for l in 0..LANES {
+            let r = gt3(&[d[0][l], d[1][l], d[2][l], d[3][l], d[4][l], d[5][l]]);
+            (0..3).for_each(|k| o[k][l] = r[k]);
+        }
+        store(dst, dp, l0, &o);
+    }
 }
 
 /// out = A·gy along one axis, per lane: 4 planes in, 6 out. A is the transpose of Aᵀ (see
@@ -613,14 +655,14 @@ fn with_block_scratch<T: Float, R>(blk: &Block<'_>, f: impl FnOnce(&mut [T], &mu
 }
 
 #[inline(always)]
-fn input_transform_of<T: Float>(blk: &Block<'_>, x: &[T], v: &mut [T], d: &mut [T], h: &mut [T], pad: &mut [T]) {
-    blk.input_transform(x, v, d, h, pad)
+fn input_transform_of<T: Float>(blk: &Block<'_>, x: &[T], chans: Range<usize>, v: &mut [T], d: &mut [T], h: &mut [T], pad: &mut [T]) {
+    blk.input_transform(x, chans, v, d, h, pad)
 }
 #[inline(always)]
 fn output_transform_of<T: Float>(blk: &Block<'_>, m: &[T], b: Option<&[T]>, out: &OutPtr<T>, s: &mut [T], t: &mut [T]) {
     blk.output_transform(m, b, out, s, t)
 }
-best_isa_fn!(input_transform_best, input_transform_avx2, input_transform_of, (blk: &Block<'_>, x: &[T], v: &mut [T], d: &mut [T], h: &mut [T], pad: &mut [T]));
+best_isa_fn!(input_transform_best, input_transform_avx2, input_transform_of, (blk: &Block<'_>, x: &[T], chans: Range<usize>, v: &mut [T], d: &mut [T], h: &mut [T], pad: &mut [T]));
 best_isa_fn!(output_transform_best, output_transform_avx2, output_transform_of, (blk: &Block<'_>, m: &[T], b: Option<&[T]>, out: &OutPtr<T>, s: &mut [T], t: &mut [T]));
 
 #[inline(always)]
@@ -673,10 +715,10 @@ unsafe fn tile_columns_avx512(pad: &[f32], tw: usize, d: &mut [f32], nbp: usize,
 }
 
 impl Block<'_> {
-    /// V = Bᵀ d B for every input channel and tile of the block. x: (N, C_in, H, W);
-    /// v: (36, C_in, nbp); d, h: 36·nbp scratch each; pad: 6·(4·tw + 2) scratch.
+    /// V = Bᵀ d B for input channels `chans` and every tile of the block. x: (N, C_in, H, W);
+    /// v: (36, chans.len(), nbp); d, h: 36·nbp scratch each; pad: 6·(4·tw + 2) scratch.
     #[inline(always)]
-    fn input_transform<T: Float>(&self, x: &[T], v: &mut [T], d: &mut [T], h: &mut [T], pad: &mut [T]) {
+    fn input_transform<T: Float>(&self, x: &[T], chans: Range<usize>, v: &mut [T], d: &mut [T], h: &mut [T], pad: &mut [T]) {
         let g = self.g;
         let (nbp, tw) = (self.nbp, self.tw);
         let ph = g.padding.0 as isize;
@@ -689,7 +731,8 @@ impl Block<'_> {
         // row (two memset calls per row for a zero or two).
         let copy = g.w.min(wp - pw);
         pad[..A_T * wp].fill(T::zero());
-        for c in 0..g.c_in {
+        let nc = chans.len();
+        for c in chans.clone() {
             // d: plane 6i + j holds input pixel (i, j) of every tile (zero outside the image).
             for q in self.q0..self.q1 {
                 let (img, ty) = (q / self.th, q % self.th);
@@ -739,7 +782,13 @@ impl Block<'_> {
             }
             // Along H: V[6a + k][c] = Σ_i Bᵀ[a][i] h(i, k).
             for k in 0..A_T {
-                bt6(h, Pl { off: k * nbp, stride: A_T * nbp }, v, Pl { off: (k * g.c_in + c) * nbp, stride: A_T * g.c_in * nbp }, nbp);
+                bt6(
+                    h,
+                    Pl { off: k * nbp, stride: A_T * nbp },
+                    v,
+                    Pl { off: (k * nc + c - chans.start) * nbp, stride: A_T * nc * nbp },
+                    nbp,
+                );
             }
         }
     }
