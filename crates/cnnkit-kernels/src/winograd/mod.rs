@@ -1100,6 +1100,26 @@ mod tests {
             let e = reference::max_abs_diff(&gw, &want);
             prop_assert!(e / scale <= 1e-4, "scaled error {:.3e} for {:?}", e / scale, g);
         }
+
+        /// Wide rows (several eight-tile steps of the gradient's AVX-512 gather, the last one
+        /// partial, and rows whose width is not a multiple of 4).
+        #[test]
+        fn backward_weight_wide_rows_match_naive(n in 1usize..3, cin in 1usize..6, cout in 1usize..6, h in 1usize..8,
+                                                 w in 30usize..90, p in 0usize..3, seed in 0u64..10_000) {
+            let g = geom(n, cin, cout, h, w, (p, p));
+            prop_assume!(g.out_hw().is_some());
+            let (oh, ow) = g.out_hw().unwrap();
+            let mut s = seed;
+            let (x, wt, gy) = (uniform(n * cin * h * w, &mut s), uniform(cout * cin * 9, &mut s), uniform(n * cout * oh * ow, &mut s));
+            let (_, want) = reference::conv2d_backward_naive(&g, &x, &wt, &gy);
+            let abs = |v: &[f64]| -> Vec<f64> { v.iter().map(|a| a.abs()).collect() };
+            let (_, scale) = reference::conv2d_backward_naive(&g, &abs(&x), &wt, &abs(&gy));
+            let scale = scale.iter().fold(f64::MIN_POSITIVE, |m, v| m.max(v.abs()));
+            let mut gw = vec![f32::NAN; wt.len()];
+            backward_weight(&g, &to_f32(&x), &to_f32(&gy), &mut gw);
+            let e = reference::max_abs_diff(&gw, &want);
+            prop_assert!(e / scale <= 1e-4, "scaled error {:.3e} for {:?}", e / scale, g);
+        }
     }
 
     proptest! {
