@@ -91,6 +91,25 @@ fn vec_t<T: Elem>(v: Vec<T>, shape: &[usize]) -> Result<Tensor> {
     Tensor::from_vec(v, shape)
 }
 
+/// g ⊙ act'(·) from the activation's output y: 1 where y > 0 (ReLU) or lo < y < hi (clamp),
+/// else 0. In parallel chunks, vectorised.
+fn activation_grad<T: FloatElem>(act: conv::Epilogue, y: &[T], g: &[T]) -> Vec<T> {
+    use rayon::prelude::*;
+    let (lo, hi) = match act {
+        conv::Epilogue::None => (T::neg_infinity(), T::infinity()),
+        conv::Epilogue::Relu => (T::zero(), T::infinity()),
+        conv::Epilogue::Clamp(lo, hi) => (T::of_f64(lo), T::of_f64(hi)),
+    };
+    let mut out: Vec<T> = crate::recycle::output_vec(g.len());
+    const CHUNK: usize = cnnkit_kernels::simd::CHUNK;
+    out.par_chunks_mut(CHUNK).zip(y.par_chunks(CHUNK)).zip(g.par_chunks(CHUNK)).for_each(|((o, yc), gc)| {
+        cnnkit_kernels::simd::with_best_isa(|| {
+            o.iter_mut().zip(yc).zip(gc).for_each(|((o, &v), &gg)| *o = if v > lo && v < hi { gg } else { T::zero() })
+        })
+    });
+    out
+}
+
 /// The gradient of each input (those that may need one) given the output's gradient `g`.
 fn input_grads(op: &Op, y: &Tensor, g: &Tensor) -> Result<Vec<(Tensor, Tensor)>> {
     let need = |t: &Tensor| t.requires_grad();
@@ -231,7 +250,16 @@ fn input_grads(op: &Op, y: &Tensor, g: &Tensor) -> Result<Vec<(Tensor, Tensor)>>
                 out.push((b.clone(), a.detach().transpose(-1, -2)?.matmul(g)?.sum_to(b.shape())?));
             }
         }
-        Op::Conv2d { x, w, b, geom } => float_dispatch!("backward", x.dtype(), T => g.with_data(|gv: &[T]| -> Result<()> {
+        Op::Conv2d { x, w, b, geom, act } => float_dispatch!("backward", x.dtype(), T => g.with_data(|gv: &[T]| -> Result<()> {
+            // A fused activation first: the convolution's output gradient is g where the
+            // activation passed its input through (read off the output y), zero elsewhere.
+            let masked: Vec<T>;
+            let gv: &[T] = if *act == conv::Epilogue::None {
+                gv
+            } else {
+                masked = y.with_data(|yv: &[T]| activation_grad(*act, yv, gv))?;
+                &masked
+            };
             // Both kernels overwrite their output: recycled buffers need no zero-fill.
             if need(x) {
                 let mut gx: Vec<T> = crate::recycle::output_vec(x.numel());

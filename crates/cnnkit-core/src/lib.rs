@@ -22,6 +22,7 @@ pub mod reduce;
 pub mod shape;
 pub mod tensor;
 
+pub use cnnkit_kernels::conv::Epilogue;
 pub use dtype::{DType, Elem, FloatElem, Storage};
 pub use error::{Error, Result};
 pub use grad_mode::{is_grad_enabled, no_grad, with_no_grad, NoGradGuard};

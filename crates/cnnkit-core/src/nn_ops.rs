@@ -161,23 +161,28 @@ impl Tensor {
     pub fn conv2d(&self, w: &Tensor, b: Option<&Tensor>, args: Conv2dArgs) -> Result<Tensor> {
         let (x, added, geom, s) = self.conv2d_storage(w, b, args, conv::Epilogue::None)?;
         let (oh, ow) = geom.out_hw().unwrap_or((0, 0));
-        let y = Tensor::from_op(s, &[geom.n, geom.c_out, oh, ow], Op::Conv2d { x: x.clone(), w: w.clone(), b: b.cloned(), geom });
+        let y = Tensor::from_op(
+            s,
+            &[geom.n, geom.c_out, oh, ow],
+            Op::Conv2d { x: x.clone(), w: w.clone(), b: b.cloned(), geom, act: conv::Epilogue::None },
+        );
         unbatch(y, added)
     }
 
-    /// `act(F.conv2d(...))` with the activation fused into the convolution's epilogue (applied
-    /// to each output block while it is in cache): the inference path for Conv → ReLU/ReLU6.
-    /// When autograd would record the result, it is computed as conv2d followed by the
-    /// activation op instead, so gradients stay exact.
+    /// `act(F.conv2d(...))` (ReLU, or a clamp such as ReLU6) with the activation fused into the
+    /// convolution's epilogue, applied to each output block while it is in cache: one pass
+    /// over the output instead of two, and in training one tensor kept for the backward
+    /// instead of two. The gradient equals that of conv2d followed by `relu` / `clamp`: their
+    /// derivatives (x > 0; lo < x < hi, strict as PyTorch's) are read off the output, which
+    /// is positive (inside the bounds) exactly where the convolution's result was.
     pub fn conv2d_act(&self, w: &Tensor, b: Option<&Tensor>, args: Conv2dArgs, act: conv::Epilogue) -> Result<Tensor> {
-        let recording =
-            crate::grad_mode::is_grad_enabled() && (self.requires_grad() || w.requires_grad() || b.is_some_and(|b| b.requires_grad()));
-        if recording || act == conv::Epilogue::None {
-            return self.conv2d(w, b, args)?.activation(act);
+        if act == conv::Epilogue::None {
+            return self.conv2d(w, b, args);
         }
-        let (_, added, geom, s) = self.conv2d_storage(w, b, args, act)?;
+        let (x, added, geom, s) = self.conv2d_storage(w, b, args, act)?;
         let (oh, ow) = geom.out_hw().unwrap_or((0, 0));
-        unbatch(Tensor::from_storage(s, &[geom.n, geom.c_out, oh, ow]), added)
+        let y = Tensor::from_op(s, &[geom.n, geom.c_out, oh, ow], Op::Conv2d { x: x.clone(), w: w.clone(), b: b.cloned(), geom, act });
+        unbatch(y, added)
     }
 
     /// What [`Tensor::conv2d`] and [`Tensor::conv2d_act`] share: the checks and the output data

@@ -158,11 +158,15 @@ pub enum Op {
         a: Tensor,
         b: Tensor,
     },
+    /// act(conv(x, w) + b): `act` is the activation fused into the convolution's epilogue
+    /// (`Tensor::conv2d_act`; `Epilogue::None` for a plain convolution). Its derivative is
+    /// read off the output (ReLU: y > 0; clamp: lo < y < hi), so no pre-activation is kept.
     Conv2d {
         x: Tensor,
         w: Tensor,
         b: Option<Tensor>,
         geom: ConvGeom,
+        act: cnnkit_kernels::conv::Epilogue,
     },
     /// Transposed convolution: the adjoint of the convolution described by `geom`,
     /// whose input is this op's output. x: (N, C_in, H, W); w: (C_in, C_out/G, KH, KW).

@@ -141,6 +141,16 @@ fn convolutions() {
         let b = r(&[ws.0], 50 + i as u64);
         check(&format!("conv2d case {i}"), |t| t[0].conv2d(&t[1], Some(&t[2]), *a), &[x, w, b]);
     }
+    // The activation fused into the convolution (its derivative read off the output), with
+    // inputs whose pre-activations keep clear of the kinks so that central differences hold.
+    for (i, act) in [Epilogue::Relu, Epilogue::Clamp(-0.5, 0.8)].into_iter().enumerate() {
+        let a = Conv2dArgs { padding: (1, 1), ..Default::default() };
+        let (x, w, b) = (r(&[2, 3, 5, 6], 70 + i as u64), r(&[4, 3, 3, 3], 72 + i as u64), r(&[4], 74 + i as u64));
+        let z = x.conv2d(&w, Some(&b), a).unwrap().to_vec::<f64>().unwrap();
+        assert!(z.iter().all(|v| [0.0, -0.5, 0.8].iter().all(|k| (v - k).abs() > 1e-4)), "a pre-activation on a kink");
+        assert!(z.iter().any(|&v| v < 0.0) && z.iter().any(|&v| v > 0.8), "both sides of the activation exercised");
+        check(&format!("conv2d_act {act:?}"), |t| t[0].conv2d_act(&t[1], Some(&t[2]), a, act), &[x, w, b]);
+    }
     for mode in [PadMode::Reflect, PadMode::Replicate, PadMode::Circular] {
         let a = Conv2dArgs { padding: (1, 1), ..Default::default() };
         check("conv2d padding_mode", |t| t[0].conv2d_padded(&t[1], None, a, mode), &[r(&[1, 2, 4, 5], 60), r(&[3, 2, 3, 3], 61)]);

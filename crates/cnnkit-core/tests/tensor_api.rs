@@ -162,6 +162,46 @@ fn small_batch_linear_matches_the_general_product() {
     }
 }
 
+/// Training through the fused convolution + activation: output and the gradients of input,
+/// weight and bias equal those of conv2d followed by relu / clamp, bit for bit (the same
+/// kernels run; only where the activation and its mask are applied differs).
+#[test]
+fn fused_conv_activation_trains_like_the_separate_ops() {
+    use cnnkit_kernels::conv::Epilogue;
+    for act in [Epilogue::Relu, Epilogue::Clamp(-0.3, 0.6)] {
+        for (shape, wshape, args) in [
+            ([4, 16, 12, 12], [32, 16, 3, 3], Conv2dArgs { padding: (1, 1), ..Default::default() }),
+            ([2, 3, 9, 11], [8, 3, 3, 3], Conv2dArgs { stride: (2, 2), padding: (1, 0), ..Default::default() }),
+        ] {
+            let leaf = |t: Tensor| t.requires_grad_().unwrap();
+            let run = |fused: bool| {
+                let mut g = Generator::new(7);
+                let x = leaf(Tensor::randn_with(&shape, DType::F32, &mut g));
+                let w = leaf(Tensor::randn_with(&wshape, DType::F32, &mut g).mul_scalar(0.2).unwrap());
+                let b = leaf(Tensor::randn_with(&[wshape[0]], DType::F32, &mut g));
+                let y = if fused {
+                    x.conv2d_act(&w, Some(&b), args, act).unwrap()
+                } else {
+                    let z = x.conv2d(&w, Some(&b), args).unwrap();
+                    match act {
+                        Epilogue::Relu => z.relu().unwrap(),
+                        Epilogue::Clamp(lo, hi) => z.clamp(Some(lo), Some(hi)).unwrap(),
+                        Epilogue::None => z,
+                    }
+                };
+                let cot = Tensor::randn_with(y.shape(), DType::F32, &mut g);
+                y.mul(&cot).unwrap().sum_all().unwrap().backward().unwrap();
+                [v(&y), v(&x.grad().unwrap()), v(&w.grad().unwrap()), v(&b.grad().unwrap())]
+            };
+            let (fused, separate) = (run(true), run(false));
+            for (i, (f, s)) in fused.iter().zip(&separate).enumerate() {
+                assert_eq!(f, s, "{act:?} {shape:?}: part {i} (output, dx, dw, db)");
+            }
+            assert!(fused[0].iter().any(|&v| v == 0.0 || v == -0.3) && fused[1].iter().any(|&v| v != 0.0), "activation both ways");
+        }
+    }
+}
+
 #[test]
 fn fused_add_activation_matches_the_separate_ops() {
     use cnnkit_kernels::conv::Epilogue;

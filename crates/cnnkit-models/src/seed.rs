@@ -1,7 +1,7 @@
 //! The seed article's own models, with PyTorch's attribute names (so state_dict keys match a
 //! PyTorch script defining the same classes).
 
-use cnnkit_core::{Result, Tensor};
+use cnnkit_core::{Epilogue, Result, Tensor};
 use cnnkit_nn::graph::{GraphBuilder, GraphOp};
 use cnnkit_nn::{Conv2d, Conv2dConfig, Linear, MaxPool2d, Module, ModuleExt};
 
@@ -27,7 +27,7 @@ impl SimpleCnn {
 
 impl Module for SimpleCnn {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let h = self.pool.call(&self.conv1.call(x)?.relu()?)?;
+        let h = self.pool.call(&self.conv1.call_act(x, Epilogue::Relu)?)?;
         self.fc.call(&h.flatten(1, -1)?)
     }
     fn to_graph(&self, g: &mut GraphBuilder, x: &str) -> Result<String> {
@@ -66,8 +66,8 @@ impl CifarCnn {
 
 impl Module for CifarCnn {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let h = self.pool.call(&self.conv1.call(x)?.relu()?)?;
-        let h = self.pool.call(&self.conv2.call(&h)?.relu()?)?;
+        let h = self.pool.call(&self.conv1.call_act(x, Epilogue::Relu)?)?;
+        let h = self.pool.call(&self.conv2.call_act(&h, Epilogue::Relu)?)?;
         self.fc.call(&h.flatten(1, -1)?)
     }
     fn to_graph(&self, g: &mut GraphBuilder, x: &str) -> Result<String> {

@@ -64,6 +64,11 @@ pub fn register_forward_hook_at<M: Module + Sized>(
     Ok(register_forward_hook(m, f))
 }
 
+/// True when a hook is registered for `key`.
+pub(crate) fn any(key: (usize, usize)) -> bool {
+    COUNT.load(Ordering::Acquire) > 0 && HOOKS.read().map_or(true, |h| h.iter().any(|e| e.key == key))
+}
+
 /// Runs the hooks registered for `key` on (x, y); cheap when no hook exists anywhere.
 pub(crate) fn run(key: (usize, usize), x: &Tensor, y: Tensor) -> Result<Tensor> {
     if COUNT.load(Ordering::Acquire) == 0 {

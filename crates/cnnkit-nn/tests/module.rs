@@ -192,3 +192,30 @@ fn layer_shapes_and_errors() {
     assert_eq!(d.forward(&ones).unwrap().to_vec::<f32>().unwrap(), ones.to_vec::<f32>().unwrap());
     assert!(Dropout::new(1.5).is_err());
 }
+
+/// `Conv2d::call_act` (the activation fused into the convolution) gives what `call` followed by
+/// the activation gives; a forward hook on the layer still sees the convolution's own output
+/// (negative values included), because the layer then runs the two ops apart.
+#[test]
+fn conv_call_act_fuses_unless_hooked() {
+    use cnnkit_core::Epilogue;
+    let conv = Conv2d::new(Conv2dConfig::new(3, 8, 3).padding(1)).unwrap();
+    let x = Tensor::randn(&[2, 3, 7, 7], DType::F32);
+    let want = conv.call(&x).unwrap().relu().unwrap().to_vec::<f32>().unwrap();
+    assert_eq!(conv.call_act(&x, Epilogue::Relu).unwrap().to_vec::<f32>().unwrap(), want);
+    let clipped = conv.call(&x).unwrap().clamp(Some(0.0), Some(0.1)).unwrap().to_vec::<f32>().unwrap();
+    assert_eq!(conv.call_act(&x, Epilogue::Clamp(0.0, 0.1)).unwrap().to_vec::<f32>().unwrap(), clipped);
+    let saw_negative = Arc::new(Mutex::new(false));
+    let s2 = saw_negative.clone();
+    let h = register_forward_hook(&conv, move |_x, y| {
+        *s2.lock().unwrap() = y.to_vec::<f32>().unwrap().iter().any(|&v| v < 0.0);
+        None
+    });
+    assert_eq!(conv.call_act(&x, Epilogue::Relu).unwrap().to_vec::<f32>().unwrap(), want);
+    assert!(*saw_negative.lock().unwrap(), "the hook saw the pre-activation output");
+    drop(h);
+    // A padding mode that needs a pad op first takes the separate ops as well.
+    let reflect = Conv2d::new(Conv2dConfig::new(3, 4, 3).padding(1).padding_mode(cnnkit_core::PadMode::Reflect)).unwrap();
+    let want = reflect.call(&x).unwrap().relu().unwrap().to_vec::<f32>().unwrap();
+    assert_eq!(reflect.call_act(&x, Epilogue::Relu).unwrap().to_vec::<f32>().unwrap(), want);
+}

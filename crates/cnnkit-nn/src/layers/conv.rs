@@ -2,9 +2,9 @@
 
 use crate::graph::{GraphBuilder, GraphOp, PadKind};
 use crate::init::default_weight_and_bias;
-use crate::module::Module;
+use crate::module::{Module, ModuleExt};
 use cnnkit_core::random::with_default_generator;
-use cnnkit_core::{Conv2dArgs, DType, Error, Generator, PadMode, Result, Tensor};
+use cnnkit_core::{Conv2dArgs, DType, Epilogue, Error, Generator, PadMode, Result, Tensor};
 
 /// Conv padding: explicit amounts, or PyTorch's strings "same" / "valid".
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -140,6 +140,23 @@ impl Conv2d {
     }
     fn args(&self, padding: (usize, usize)) -> Conv2dArgs {
         Conv2dArgs { stride: self.config.stride, padding, dilation: self.config.dilation, groups: self.config.groups }
+    }
+
+    /// `act(self.call(x))` for act = ReLU or a clamp (ReLU6), the activation fused into the
+    /// convolution ([`Tensor::conv2d_act`]: one pass over the output, one tensor kept for the
+    /// backward, the same gradients). Runs the two separately where a forward hook on this
+    /// layer must see the convolution's own output, or a padding mode needs a pad first.
+    pub fn call_act(&self, x: &Tensor, act: Epilogue) -> Result<Tensor> {
+        let (t, bo, l, r) = self.config.pads();
+        if crate::hooks::any(crate::module::hook_key(self)) || t != bo || l != r || self.config.padding_mode != PadMode::Constant {
+            let y = self.call(x)?;
+            return match act {
+                Epilogue::None => Ok(y),
+                Epilogue::Relu => y.relu(),
+                Epilogue::Clamp(lo, hi) => y.clamp(Some(lo), Some(hi)),
+            };
+        }
+        x.conv2d_act(&self.weight, self.bias.as_ref(), self.args((t, l)), act)
     }
 }
 
