@@ -52,8 +52,11 @@ runs = [json.loads(l)["results"] for l in open(f"{d}/cnnkit") if l.strip()]
 ours = {k: statistics.median(r[k]["value"] for r in runs) for k in runs[0]}
 rss = statistics.median(r["resnet18_cifar_step"]["peak_rss_mb"] for r in runs)
 lines = open(f"{d}/torch").read().splitlines() if os.path.exists(f"{d}/torch") else []
+# Each workload's reference figures in round order (round i's cnnkit run came just before).
+per_round = {}
 def grab(prefix, pat, ort=False):
     vals = [float(re.search(pat, l).group(1)) for l in lines if l.startswith(prefix + " ") and (("onnxruntime" in l) == ort)]
+    per_round[(prefix, ort)] = vals
     return statistics.median(vals) if vals else None
 ref = {
     "conv_fwd": grab("conv3x3_64_56_b8_fwd", r"GFLOP/s=([\d.]+)"), "conv_fwd_bwd": grab("conv3x3_64_56_b8_fwdbwd", r"GFLOP/s=([\d.]+)"),
@@ -63,15 +66,26 @@ ref = {
     "resnet18_infer_b8": grab("resnet18_224_b8", r"images/s=([\d.]+)"),
 }
 ort = {"resnet18_infer_b1": grab("resnet18_224_b1", r"([\d.]+)ms", True), "mobilenet_v2_infer_b1": grab("mobilenet_v2_224_b1", r"([\d.]+)ms", True)}
+ref_rounds = {k: per_round[p] for k, p in zip(ref, list(per_round)[:len(ref)])}
+ort_rounds = {k: per_round[p] for k, p in zip(ort, list(per_round)[len(ref):])}
 torch_rss = grab("resnet18_cifar_peak_rss", r"([\d.]+)MiB")
 higher = {"conv_fwd", "conv_fwd_bwd", "resnet18_infer_b8"}
-print("| workload | unit | cnnkit | PyTorch | ONNX Runtime | cnnkit speed vs PyTorch | vs ONNX Runtime |")
-print("|---|---|---|---|---|---|---|")
+print("| workload | unit | cnnkit | PyTorch | ONNX Runtime | cnnkit speed vs PyTorch | vs ONNX Runtime | per-round median |")
+print("|---|---|---|---|---|---|---|---|")
 fmt = lambda v: "n/a" if v is None else f"{v:.1f}"
+def round_ratio(k, refs):
+    # Median over rounds of (reference / cnnkit) within the round: robust to the machine
+    # drifting between rounds, where the ratio of the two medians is not.
+    pairs = list(zip((r[k]["value"] for r in runs), refs or []))
+    if not pairs:
+        return "n/a"
+    return f"{statistics.median((c / r) if k in higher else (r / c) for c, r in pairs):.2f}×"
 for k, v in ours.items():
     t, o = ref.get(k), ort.get(k)
     sp = lambda r: "n/a" if r is None else (f"{v / r:.2f}×" if k in higher else f"{r / v:.2f}×")
-    print(f"| {runs[0][k]['workload']} | {runs[0][k]['unit']} | {v:.1f} | {fmt(t)} | {fmt(o)} | {sp(t)} | {sp(o)} |")
-print(f"| resnet18 CIFAR training, batch 32 | peak RSS MiB | {rss:.0f} | {fmt(torch_rss)} | | {'n/a' if torch_rss is None else f'{torch_rss / rss:.2f}× less' if rss < torch_rss else f'{rss / torch_rss:.2f}× more'} | |")
-print("(speed ratio > 1: cnnkit is faster; time ratios are reference time / cnnkit time)")
+    rr = round_ratio(k, ort_rounds.get(k)) + " ORT" if k in ort else round_ratio(k, ref_rounds.get(k))
+    print(f"| {runs[0][k]['workload']} | {runs[0][k]['unit']} | {v:.1f} | {fmt(t)} | {fmt(o)} | {sp(t)} | {sp(o)} | {rr} |")
+print(f"| resnet18 CIFAR training, batch 32 | peak RSS MiB | {rss:.0f} | {fmt(torch_rss)} | | {'n/a' if torch_rss is None else f'{torch_rss / rss:.2f}× less' if rss < torch_rss else f'{rss / torch_rss:.2f}× more'} | | |")
+print("(speed ratio > 1: cnnkit is faster; time ratios are reference time / cnnkit time; the last column is the")
+print(" median over rounds of each round's ratio, cnnkit run just before the reference)")
 PYEOF
