@@ -336,7 +336,16 @@ fn input_grads(op: &Op, y: &Tensor, g: &Tensor) -> Result<Vec<(Tensor, Tensor)>>
             });
             out.push((x.clone(), gx));
         }
-        Op::BatchNorm { x, w, b, mean, invstd, training } => float_dispatch!("backward", x.dtype(), T => {
+        Op::BatchNorm { x, w, b, mean, invstd, training, act } => float_dispatch!("backward", x.dtype(), T => {
+            // A fused activation: the normalised output's gradient is g masked by the output.
+            let masked;
+            let g = if *act == conv::Epilogue::None {
+                g
+            } else {
+                let m = y.with_data(|yv: &[T]| g.with_data(|gv: &[T]| activation_grad(*act, yv, gv)))??;
+                masked = vec_t(m, g.shape())?;
+                &masked
+            };
             batch_norm_backward::<T>(x, w.as_ref(), b.as_ref(), mean, invstd, *training, g, &mut out)?;
         }),
         Op::Softmax { x, dim, log } => {

@@ -474,6 +474,26 @@ impl Tensor {
         momentum: f64,
         eps: f64,
     ) -> Result<Tensor> {
+        self.batch_norm_act(running_mean, running_var, weight, bias, training, momentum, eps, conv::Epilogue::None)
+    }
+
+    /// `act(F.batch_norm(...))` (ReLU, or a clamp such as ReLU6) with the activation applied in
+    /// the normalising pass: the Conv → BN → ReLU pattern's activation costs no pass of its
+    /// own over the tensor, and training keeps one tensor instead of two. The gradient equals
+    /// that of batch_norm followed by `relu` / `clamp` (the derivative read off the output, as
+    /// [`Tensor::conv2d_act`]).
+    #[allow(clippy::too_many_arguments)] // F.batch_norm's arguments and the activation
+    pub fn batch_norm_act(
+        &self,
+        running_mean: Option<&Tensor>,
+        running_var: Option<&Tensor>,
+        weight: Option<&Tensor>,
+        bias: Option<&Tensor>,
+        training: bool,
+        momentum: f64,
+        eps: f64,
+        act: conv::Epilogue,
+    ) -> Result<Tensor> {
         if self.ndim() < 2 {
             return Err(Error::bad_shape("batch_norm", self.shape(), "expects (N, C, ...)"));
         }
@@ -522,7 +542,10 @@ impl Tensor {
                 let scale = invstd[ch] * wv.as_ref().map_or(1.0, |w| w[ch]);
                 let shift = bv.as_ref().map_or(0.0, |b| b[ch]) - mean[ch] * scale;
                 let (sc, sh) = (T::of_f64(scale), T::of_f64(shift));
-                cnnkit_kernels::simd::with_best_isa(|| yo.iter_mut().zip(xi).for_each(|(o, &v)| *o = v * sc + sh));
+                cnnkit_kernels::simd::with_best_isa(|| {
+                    yo.iter_mut().zip(xi).for_each(|(o, &v)| *o = v * sc + sh);
+                    act.apply(yo);
+                });
             });
             Ok((mean, invstd, T::into_storage(y)))
             })??
@@ -537,6 +560,7 @@ impl Tensor {
                 mean: Arc::new(mean),
                 invstd: Arc::new(invstd),
                 training,
+                act,
             },
         ))
     }

@@ -195,6 +195,8 @@ pub enum Op {
         x: Tensor,
     },
     /// Batch normalisation over (N, C, *): per-channel mean and 1/std used, affine optional.
+    /// act(batch_norm(x)): `act` fused into the normalising pass (`Tensor::batch_norm_act`;
+    /// `Epilogue::None` for plain batch norm), its derivative read off the output.
     BatchNorm {
         x: Tensor,
         w: Option<Tensor>,
@@ -202,6 +204,7 @@ pub enum Op {
         mean: Arc<Vec<f64>>,
         invstd: Arc<Vec<f64>>,
         training: bool,
+        act: cnnkit_kernels::conv::Epilogue,
     },
     Softmax {
         x: Tensor,

@@ -202,6 +202,15 @@ fn batch_norm_train_and_eval() {
     let rv = pos(&[3], 84);
     check("bn eval", |t| t[0].batch_norm(Some(&rm), Some(&rv), Some(&t[1]), Some(&t[2]), false, 0.1, 1e-5), &[x.clone(), w, b]);
     check("bn 2d no affine", |t| t[0].batch_norm(None, None, None, None, true, 0.1, 1e-5), &[r(&[5, 4], 85)]);
+    // The activation fused into the normalising pass, outputs kept clear of the kinks.
+    for (i, act) in [Epilogue::Relu, Epilogue::Clamp(-0.5, 0.7)].into_iter().enumerate() {
+        let (x, w, b) = (r(&[4, 3, 2, 3], 86 + i as u64), r(&[3], 88 + i as u64), r(&[3], 90 + i as u64));
+        let z = x.batch_norm(None, None, Some(&w), Some(&b), true, 0.1, 1e-5).unwrap().to_vec::<f64>().unwrap();
+        assert!(z.iter().all(|v| [0.0, -0.5, 0.7].iter().all(|k| (v - k).abs() > 1e-4)), "a pre-activation on a kink");
+        assert!(z.iter().any(|&v| v < -0.5) && z.iter().any(|&v| v > 0.7), "both sides of the activation exercised");
+        let f = |t: &[Tensor]| t[0].batch_norm_act(None, None, Some(&t[1]), Some(&t[2]), true, 0.1, 1e-5, act);
+        check(&format!("bn train + {act:?}"), f, &[x, w, b]);
+    }
 }
 
 struct GuidedRelu;

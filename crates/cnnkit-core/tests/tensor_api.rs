@@ -202,6 +202,39 @@ fn fused_conv_activation_trains_like_the_separate_ops() {
     }
 }
 
+/// Batch norm with the activation in its normalising pass trains like batch_norm followed by
+/// relu / clamp: output and the gradients of input, weight and bias bit for bit.
+#[test]
+fn fused_batch_norm_activation_trains_like_the_separate_ops() {
+    use cnnkit_kernels::conv::Epilogue;
+    for act in [Epilogue::Relu, Epilogue::Clamp(-0.3, 0.6)] {
+        let leaf = |t: Tensor| t.requires_grad_().unwrap();
+        let run = |fused: bool| {
+            let mut g = Generator::new(9);
+            let x = leaf(Tensor::randn_with(&[4, 6, 10, 9], DType::F32, &mut g));
+            let w = leaf(Tensor::randn_with(&[6], DType::F32, &mut g));
+            let b = leaf(Tensor::randn_with(&[6], DType::F32, &mut g));
+            let y = if fused {
+                x.batch_norm_act(None, None, Some(&w), Some(&b), true, 0.1, 1e-5, act).unwrap()
+            } else {
+                let z = x.batch_norm(None, None, Some(&w), Some(&b), true, 0.1, 1e-5).unwrap();
+                match act {
+                    Epilogue::Relu => z.relu().unwrap(),
+                    Epilogue::Clamp(lo, hi) => z.clamp(Some(lo), Some(hi)).unwrap(),
+                    Epilogue::None => z,
+                }
+            };
+            let cot = Tensor::randn_with(y.shape(), DType::F32, &mut g);
+            y.mul(&cot).unwrap().sum_all().unwrap().backward().unwrap();
+            [v(&y), v(&x.grad().unwrap()), v(&w.grad().unwrap()), v(&b.grad().unwrap())]
+        };
+        let (fused, separate) = (run(true), run(false));
+        for (i, (f, s)) in fused.iter().zip(&separate).enumerate() {
+            assert_eq!(f, s, "{act:?}: part {i} (output, dx, dw, db)");
+        }
+    }
+}
+
 #[test]
 fn fused_add_activation_matches_the_separate_ops() {
     use cnnkit_kernels::conv::Epilogue;

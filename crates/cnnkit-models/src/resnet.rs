@@ -3,8 +3,8 @@
 //! `cifar_stem` swaps the 7×7/2 stem and max-pool for a 3×3/1 conv, for 32×32 inputs.
 
 use crate::blocks::{check_input, init_weights, ConvInit, LinearInit};
-use cnnkit_core::Result;
 use cnnkit_core::Tensor;
+use cnnkit_core::{Epilogue, Result};
 use cnnkit_nn::graph::{GraphBuilder, GraphOp};
 use cnnkit_nn::{AdaptiveAvgPool2d, BatchNorm2d, Conv2d, Conv2dConfig, Identity, Linear, MaxPool2d, Module, ModuleExt, Sequential};
 
@@ -91,7 +91,7 @@ fn shortcut(ds: &Option<Sequential>, x: &Tensor) -> Result<Tensor> {
 
 impl Module for BasicBlock {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let out = self.bn1.call(&self.conv1.call(x)?)?.relu()?;
+        let out = self.bn1.call_act(&self.conv1.call(x)?, Epilogue::Relu)?;
         let out = self.bn2.call(&self.conv2.call(&out)?)?;
         out.add(&shortcut(&self.downsample, x)?)?.relu()
     }
@@ -115,8 +115,8 @@ impl Module for BasicBlock {
 
 impl Module for Bottleneck {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let out = self.bn1.call(&self.conv1.call(x)?)?.relu()?;
-        let out = self.bn2.call(&self.conv2.call(&out)?)?.relu()?;
+        let out = self.bn1.call_act(&self.conv1.call(x)?, Epilogue::Relu)?;
+        let out = self.bn2.call_act(&self.conv2.call(&out)?, Epilogue::Relu)?;
         let out = self.bn3.call(&self.conv3.call(&out)?)?;
         out.add(&shortcut(&self.downsample, x)?)?.relu()
     }
@@ -218,7 +218,7 @@ impl ResNet {
     /// Everything before the classifier: x (N, C, H, W) → pooled features (N, 512·expansion).
     pub fn features(&self, x: &Tensor) -> Result<Tensor> {
         check_input("ResNet", x, self.in_channels)?;
-        let h = self.maxpool.call(&self.bn1.call(&self.conv1.call(x)?)?.relu()?)?;
+        let h = self.maxpool.call(&self.bn1.call_act(&self.conv1.call(x)?, Epilogue::Relu)?)?;
         let h = self.layer4.call(&self.layer3.call(&self.layer2.call(&self.layer1.call(&h)?)?)?)?;
         self.avgpool.call(&h)?.flatten(1, -1)
     }

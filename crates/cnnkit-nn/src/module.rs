@@ -4,7 +4,7 @@
 //! forward hooks.
 
 use crate::graph::GraphBuilder;
-use cnnkit_core::{Error, Result, Tensor};
+use cnnkit_core::{Epilogue, Error, Result, Tensor};
 use std::collections::BTreeMap;
 
 /// A network layer or a composition of layers.
@@ -41,6 +41,16 @@ pub trait Module: Send + Sync {
     /// described with [`GraphBuilder::module`].
     fn to_graph(&self, _g: &mut GraphBuilder, _x: &str) -> Result<String> {
         Err(Error::invalid("to_graph", format!("{}: cannot be described as a graph (no to_graph)", self.describe())))
+    }
+    /// The activation this layer is, when a preceding convolution or batch norm can apply it
+    /// in its own pass (ReLU, ReLU6): [`crate::Sequential`] then runs the pair as one op.
+    fn fusable_activation(&self) -> Option<Epilogue> {
+        None
+    }
+    /// `act(self.forward(x))` as one op, for layers that can fuse an activation (Conv2d,
+    /// BatchNorm; same values and gradients as the two ops); None where this layer cannot.
+    fn forward_act(&self, _x: &Tensor, _act: Epilogue) -> Option<Result<Tensor>> {
+        None
     }
 }
 
@@ -107,6 +117,24 @@ pub trait ModuleExt: Module {
     fn call(&self, x: &Tensor) -> Result<Tensor> {
         let y = self.forward(x)?;
         crate::hooks::run(hook_key(self), x, y)
+    }
+
+    /// `act(self.call(x))` for act = ReLU or a clamp (ReLU6), the activation fused into this
+    /// layer's op where it can ([`Module::forward_act`]: one pass over the output, one tensor
+    /// kept for the backward). Runs the two apart where a forward hook on this layer must see
+    /// its own output, or the layer cannot fuse.
+    fn call_act(&self, x: &Tensor, act: Epilogue) -> Result<Tensor> {
+        if !crate::hooks::any(hook_key(self)) {
+            if let Some(y) = self.forward_act(x, act) {
+                return y;
+            }
+        }
+        let y = self.call(x)?;
+        match act {
+            Epilogue::None => Ok(y),
+            Epilogue::Relu => y.relu(),
+            Epilogue::Clamp(lo, hi) => y.clamp(Some(lo), Some(hi)),
+        }
     }
 
     /// Every submodule (self first, as ""), depth-first, with dotted names.

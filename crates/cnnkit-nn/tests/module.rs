@@ -219,3 +219,48 @@ fn conv_call_act_fuses_unless_hooked() {
     let want = reflect.call(&x).unwrap().relu().unwrap().to_vec::<f32>().unwrap();
     assert_eq!(reflect.call_act(&x, Epilogue::Relu).unwrap().to_vec::<f32>().unwrap(), want);
 }
+
+/// Sequential runs Conv2d → ReLU and BatchNorm → ReLU6 pairs as one op each: the same output
+/// and parameter gradients as the layers one by one; a hook on either layer of a pair turns
+/// that pair's fusion off, and the hook sees the layer's own output.
+#[test]
+fn sequential_fuses_activations_unless_hooked() {
+    use cnnkit_core::Generator;
+    let build = || {
+        cnnkit_core::manual_seed(3);
+        Sequential::new()
+            .add(Conv2d::new(Conv2dConfig::new(3, 8, 3).padding(1)).unwrap())
+            .add(ReLU::default())
+            .add(Conv2d::new(Conv2dConfig::new(8, 8, 3).padding(1).bias(false)).unwrap())
+            .add(BatchNorm2d::new_2d(8).unwrap())
+            .add(ReLU6::default())
+    };
+    let x = Tensor::randn_with(&[2, 3, 9, 9], DType::F32, &mut Generator::new(5)).mul_scalar(3.0).unwrap();
+    // The layers one by one, as a reference.
+    let reference = build();
+    let mut h = x.clone();
+    for (_, l) in reference.children() {
+        h = l.call(&h).unwrap();
+    }
+    h.sum_all().unwrap().backward().unwrap();
+    let grads = |m: &Sequential| m.parameters().iter().map(|p| p.grad().unwrap().to_vec::<f32>().unwrap()).collect::<Vec<_>>();
+    let (want, want_grads) = (h.to_vec::<f32>().unwrap(), grads(&reference));
+    let fused = build();
+    let y = fused.forward(&x).unwrap();
+    y.sum_all().unwrap().backward().unwrap();
+    assert_eq!(y.to_vec::<f32>().unwrap(), want);
+    assert_eq!(grads(&fused), want_grads);
+    // A hook on the batch norm sees its own output (negative values included, which ReLU6
+    // would have clipped), and the model's output is unchanged.
+    let model = build();
+    let seen_min = Arc::new(Mutex::new(0.0f32));
+    let s2 = seen_min.clone();
+    let handle = register_forward_hook_at(&model, "3", move |_x, y| {
+        *s2.lock().unwrap() = y.to_vec::<f32>().unwrap().into_iter().fold(f32::MAX, f32::min);
+        None
+    })
+    .unwrap();
+    assert_eq!(model.forward(&x).unwrap().to_vec::<f32>().unwrap(), want);
+    assert!(*seen_min.lock().unwrap() < 0.0, "the hook saw the batch norm's output before ReLU6");
+    drop(handle);
+}

@@ -30,6 +30,9 @@ macro_rules! activation {
                 let $s = self;
                 $body
             }
+            fn fusable_activation(&self) -> Option<cnnkit_core::Epilogue> {
+                fusable(stringify!($name))
+            }
             fn to_graph(&self, $g: &mut GraphBuilder, $gx: &str) -> Result<String> {
                 let $gs = self;
                 $graph
@@ -40,6 +43,15 @@ macro_rules! activation {
             }
         }
     };
+}
+
+/// The activations a preceding convolution or batch norm can apply in its own pass.
+fn fusable(layer: &str) -> Option<cnnkit_core::Epilogue> {
+    match layer {
+        "ReLU" => Some(cnnkit_core::Epilogue::Relu),
+        "ReLU6" => Some(cnnkit_core::Epilogue::Clamp(0.0, 6.0)),
+        _ => None,
+    }
 }
 
 activation!(/// max(0, x). x: any shape.

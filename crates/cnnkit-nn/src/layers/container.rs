@@ -1,7 +1,7 @@
 //! Containers: Sequential (runs children in order) and ModuleList (holds them).
 
 use crate::graph::GraphBuilder;
-use crate::module::{Module, ModuleExt};
+use crate::module::{hook_key, Module, ModuleExt};
 use cnnkit_core::{Result, Tensor};
 
 /// Runs its children in order; children are named "0", "1", … as in PyTorch.
@@ -32,10 +32,27 @@ impl Sequential {
 }
 
 impl Module for Sequential {
+    /// Runs the layers in order; a Conv2d or BatchNorm followed by ReLU or ReLU6 runs as one op
+    /// (the activation in the layer's own pass: same values and gradients) unless a forward
+    /// hook on either layer must see the intermediate output.
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let mut h = x.clone();
-        for l in &self.layers {
-            h = l.as_ref().call(&h)?;
+        let mut i = 0;
+        while let Some(l) = self.layers.get(i) {
+            let l = l.as_ref();
+            if let Some(next) = self.layers.get(i + 1).map(|n| n.as_ref()) {
+                if let Some(act) = next.fusable_activation() {
+                    if !crate::hooks::any(hook_key(l)) && !crate::hooks::any(hook_key(next)) {
+                        if let Some(y) = l.forward_act(&h, act) {
+                            h = y?;
+                            i += 2;
+                            continue;
+                        }
+                    }
+                }
+            }
+            h = l.call(&h)?;
+            i += 1;
         }
         Ok(h)
     }

@@ -2,7 +2,7 @@
 
 use crate::graph::{GraphBuilder, GraphOp, PadKind};
 use crate::init::default_weight_and_bias;
-use crate::module::{Module, ModuleExt};
+use crate::module::Module;
 use cnnkit_core::random::with_default_generator;
 use cnnkit_core::{Conv2dArgs, DType, Epilogue, Error, Generator, PadMode, Result, Tensor};
 
@@ -141,23 +141,6 @@ impl Conv2d {
     fn args(&self, padding: (usize, usize)) -> Conv2dArgs {
         Conv2dArgs { stride: self.config.stride, padding, dilation: self.config.dilation, groups: self.config.groups }
     }
-
-    /// `act(self.call(x))` for act = ReLU or a clamp (ReLU6), the activation fused into the
-    /// convolution ([`Tensor::conv2d_act`]: one pass over the output, one tensor kept for the
-    /// backward, the same gradients). Runs the two separately where a forward hook on this
-    /// layer must see the convolution's own output, or a padding mode needs a pad first.
-    pub fn call_act(&self, x: &Tensor, act: Epilogue) -> Result<Tensor> {
-        let (t, bo, l, r) = self.config.pads();
-        if crate::hooks::any(crate::module::hook_key(self)) || t != bo || l != r || self.config.padding_mode != PadMode::Constant {
-            let y = self.call(x)?;
-            return match act {
-                Epilogue::None => Ok(y),
-                Epilogue::Relu => y.relu(),
-                Epilogue::Clamp(lo, hi) => y.clamp(Some(lo), Some(hi)),
-            };
-        }
-        x.conv2d_act(&self.weight, self.bias.as_ref(), self.args((t, l)), act)
-    }
 }
 
 /// Shared by Conv1d and Conv2d: pad explicitly when the mode or asymmetry requires it.
@@ -208,6 +191,13 @@ fn conv_graph(c: &Conv2dConfig, g: &mut GraphBuilder, x: &str, w: &str, b: Optio
 impl Module for Conv2d {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         conv_forward(&self.config, x, &self.weight, self.bias.as_ref(), |p| self.args(p))
+    }
+    /// The activation in the convolution's epilogue ([`Tensor::conv2d_act`]); not with a
+    /// padding that needs a pad op first.
+    fn forward_act(&self, x: &Tensor, act: Epilogue) -> Option<Result<Tensor>> {
+        let (t, bo, l, r) = self.config.pads();
+        (t == bo && l == r && self.config.padding_mode == PadMode::Constant)
+            .then(|| x.conv2d_act(&self.weight, self.bias.as_ref(), self.args((t, l)), act))
     }
     fn to_graph(&self, g: &mut GraphBuilder, x: &str) -> Result<String> {
         let w = g.param("weight", &self.weight);

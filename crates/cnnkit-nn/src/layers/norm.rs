@@ -4,7 +4,7 @@
 
 use crate::graph::{GraphBuilder, GraphOp};
 use crate::module::Module;
-use cnnkit_core::{DType, Error, Result, Tensor};
+use cnnkit_core::{DType, Epilogue, Error, Result, Tensor};
 use std::sync::atomic::{AtomicBool, Ordering};
 
 /// Batch normalisation over (N, C, *), per channel C (Ioffe & Szegedy 2015).
@@ -90,8 +90,9 @@ pub type BatchNorm2d = BatchNorm;
 /// `nn.BatchNorm1d`.
 pub type BatchNorm1d = BatchNorm;
 
-impl Module for BatchNorm {
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+impl BatchNorm {
+    /// act(batch_norm(x)) with this layer's statistics, parameters and mode.
+    fn run(&self, x: &Tensor, act: Epilogue) -> Result<Tensor> {
         if !self.ranks.contains(&x.ndim()) || x.shape()[1] != self.num_features {
             return Err(Error::bad_shape(
                 self.name,
@@ -114,7 +115,7 @@ impl Module for BatchNorm {
         }
         // Batch statistics in training, or whenever there are no running ones (PyTorch).
         let use_batch = training || self.running_mean.is_none();
-        x.batch_norm(
+        x.batch_norm_act(
             self.running_mean.as_ref(),
             self.running_var.as_ref(),
             self.weight.as_ref(),
@@ -122,7 +123,18 @@ impl Module for BatchNorm {
             use_batch,
             momentum,
             self.eps,
+            act,
         )
+    }
+}
+
+impl Module for BatchNorm {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        self.run(x, Epilogue::None)
+    }
+    /// The activation in the normalising pass ([`Tensor::batch_norm_act`]).
+    fn forward_act(&self, x: &Tensor, act: Epilogue) -> Option<Result<Tensor>> {
+        Some(self.run(x, act))
     }
     fn own_parameters(&self) -> Vec<(String, Tensor)> {
         crate::module::named(&[("weight", self.weight.as_ref()), ("bias", self.bias.as_ref())])
