@@ -240,9 +240,9 @@ impl Tensor {
         Ok((x, added, geom, s))
     }
 
-    /// `act(self)` as the op autograd records (relu, clamp): the unfused fallback of
-    /// [`Tensor::conv2d_act`] and [`Tensor::add_act`].
-    fn activation(self, act: conv::Epilogue) -> Result<Tensor> {
+    /// `act(self)` as its own op (relu, clamp): what [`Tensor::conv2d_act`] and
+    /// [`Tensor::batch_norm_act`] fuse, and the unfused form of [`Tensor::add_act`].
+    pub fn activation(self, act: conv::Epilogue) -> Result<Tensor> {
         match act {
             conv::Epilogue::None => Ok(self),
             conv::Epilogue::Relu => self.relu(),

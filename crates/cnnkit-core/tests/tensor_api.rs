@@ -182,12 +182,7 @@ fn fused_conv_activation_trains_like_the_separate_ops() {
                 let y = if fused {
                     x.conv2d_act(&w, Some(&b), args, act).unwrap()
                 } else {
-                    let z = x.conv2d(&w, Some(&b), args).unwrap();
-                    match act {
-                        Epilogue::Relu => z.relu().unwrap(),
-                        Epilogue::Clamp(lo, hi) => z.clamp(Some(lo), Some(hi)).unwrap(),
-                        Epilogue::None => z,
-                    }
+                    x.conv2d(&w, Some(&b), args).unwrap().activation(act).unwrap()
                 };
                 let cot = Tensor::randn_with(y.shape(), DType::F32, &mut g);
                 y.mul(&cot).unwrap().sum_all().unwrap().backward().unwrap();
@@ -217,12 +212,7 @@ fn fused_batch_norm_activation_trains_like_the_separate_ops() {
             let y = if fused {
                 x.batch_norm_act(None, None, Some(&w), Some(&b), true, 0.1, 1e-5, act).unwrap()
             } else {
-                let z = x.batch_norm(None, None, Some(&w), Some(&b), true, 0.1, 1e-5).unwrap();
-                match act {
-                    Epilogue::Relu => z.relu().unwrap(),
-                    Epilogue::Clamp(lo, hi) => z.clamp(Some(lo), Some(hi)).unwrap(),
-                    Epilogue::None => z,
-                }
+                x.batch_norm(None, None, Some(&w), Some(&b), true, 0.1, 1e-5).unwrap().activation(act).unwrap()
             };
             let cot = Tensor::randn_with(y.shape(), DType::F32, &mut g);
             y.mul(&cot).unwrap().sum_all().unwrap().backward().unwrap();

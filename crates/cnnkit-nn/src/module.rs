@@ -129,12 +129,7 @@ pub trait ModuleExt: Module {
                 return y;
             }
         }
-        let y = self.call(x)?;
-        match act {
-            Epilogue::None => Ok(y),
-            Epilogue::Relu => y.relu(),
-            Epilogue::Clamp(lo, hi) => y.clamp(Some(lo), Some(hi)),
-        }
+        self.call(x)?.activation(act)
     }
 
     /// Every submodule (self first, as ""), depth-first, with dotted names.

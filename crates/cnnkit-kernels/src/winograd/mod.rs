@@ -1088,17 +1088,8 @@ mod tests {
                                              w in 1usize..25, p in 0usize..3, seed in 0u64..10_000) {
             let g = geom(n, cin, cout, h, w, (p, p));
             prop_assume!(g.out_hw().is_some());
-            let (oh, ow) = g.out_hw().unwrap();
-            let mut s = seed;
-            let (x, wt, gy) = (uniform(n * cin * h * w, &mut s), uniform(cout * cin * 9, &mut s), uniform(n * cout * oh * ow, &mut s));
-            let (_, want) = reference::conv2d_backward_naive(&g, &x, &wt, &gy);
-            let abs = |v: &[f64]| -> Vec<f64> { v.iter().map(|a| a.abs()).collect() };
-            let (_, scale) = reference::conv2d_backward_naive(&g, &abs(&x), &wt, &abs(&gy));
-            let scale = scale.iter().fold(f64::MIN_POSITIVE, |m, v| m.max(v.abs()));
-            let mut gw = vec![f32::NAN; wt.len()];
-            backward_weight(&g, &to_f32(&x), &to_f32(&gy), &mut gw);
-            let e = reference::max_abs_diff(&gw, &want);
-            prop_assert!(e / scale <= 1e-4, "scaled error {:.3e} for {:?}", e / scale, g);
+            let e = weight_grad_f32_error(&g, seed);
+            prop_assert!(e <= 1e-4, "scaled error {e:.3e} for {g:?}");
         }
 
         /// Wide rows (several eight-tile steps of the gradient's AVX-512 gather, the last one
@@ -1108,17 +1099,8 @@ mod tests {
                                                  w in 30usize..90, p in 0usize..3, seed in 0u64..10_000) {
             let g = geom(n, cin, cout, h, w, (p, p));
             prop_assume!(g.out_hw().is_some());
-            let (oh, ow) = g.out_hw().unwrap();
-            let mut s = seed;
-            let (x, wt, gy) = (uniform(n * cin * h * w, &mut s), uniform(cout * cin * 9, &mut s), uniform(n * cout * oh * ow, &mut s));
-            let (_, want) = reference::conv2d_backward_naive(&g, &x, &wt, &gy);
-            let abs = |v: &[f64]| -> Vec<f64> { v.iter().map(|a| a.abs()).collect() };
-            let (_, scale) = reference::conv2d_backward_naive(&g, &abs(&x), &wt, &abs(&gy));
-            let scale = scale.iter().fold(f64::MIN_POSITIVE, |m, v| m.max(v.abs()));
-            let mut gw = vec![f32::NAN; wt.len()];
-            backward_weight(&g, &to_f32(&x), &to_f32(&gy), &mut gw);
-            let e = reference::max_abs_diff(&gw, &want);
-            prop_assert!(e / scale <= 1e-4, "scaled error {:.3e} for {:?}", e / scale, g);
+            let e = weight_grad_f32_error(&g, seed);
+            prop_assert!(e <= 1e-4, "scaled error {e:.3e} for {g:?}");
         }
     }
 
@@ -1150,6 +1132,24 @@ mod tests {
             let e = random_f32_error(&g, true, seed);
             prop_assert!(e <= 1e-4, "scaled error {e:.3e} for {g:?}");
         }
+    }
+
+    /// The f32 weight gradient's largest error against the f64 naive one on uniform random
+    /// input and output gradient from `seed`, relative to the largest Σ|gy|·|x| over a
+    /// filter's taps.
+    fn weight_grad_f32_error(g: &ConvGeom, seed: u64) -> f64 {
+        let (oh, ow) = g.out_hw().unwrap();
+        let mut s = seed;
+        let x = uniform(g.n * g.c_in * g.h * g.w, &mut s);
+        let wt = uniform(g.c_out * g.c_in * 9, &mut s);
+        let gy = uniform(g.n * g.c_out * oh * ow, &mut s);
+        let (_, want) = reference::conv2d_backward_naive(g, &x, &wt, &gy);
+        let abs = |v: &[f64]| -> Vec<f64> { v.iter().map(|a| a.abs()).collect() };
+        let (_, scale) = reference::conv2d_backward_naive(g, &abs(&x), &wt, &abs(&gy));
+        let scale = scale.iter().fold(f64::MIN_POSITIVE, |m, v| m.max(v.abs()));
+        let mut gw = vec![f32::NAN; wt.len()];
+        backward_weight(g, &to_f32(&x), &to_f32(&gy), &mut gw);
+        reference::max_abs_diff(&gw, &want) / scale
     }
 
     /// [`run_f32`] on uniform random input, weights and (when `bias`) bias from `seed`.

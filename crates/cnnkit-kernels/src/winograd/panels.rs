@@ -24,6 +24,7 @@ use crate::matmul::MatRef;
 use crate::packed::{self, MR, NR};
 use crate::Float;
 use rayon::prelude::*;
+use std::ops::Range;
 
 /// Most tiles over the batch for which the panel path is used. Measured (forward + both
 /// gradients, 2 threads, against the tile-split path): 512 → 512 at 32×4×4 (32 tiles)
@@ -81,12 +82,10 @@ pub(super) fn forward(g: &ConvGeom, x: &[f32], w: Filters<'_>, b: Option<&[f32]>
     });
 }
 
-/// V_ξ (C_in, tiles) of the whole batch for ξ = 0..36, each packed as a GEMM's B at
-/// pb[ξ·pbl ..] ([`packed::pack_b`]'s layout); parallel over ranges of input channels.
-fn pack_v(blk: &Block<'_>, x: &[f32], pb: &mut [f32], pbl: usize) {
-    let (cin, nt, nbp) = (blk.g.c_in, blk.tiles(), blk.nbp);
-    let chunk = cin.div_ceil(4 * crate::num_threads().max(1)).max(1);
-    let pbp = SyncPtr(pb.as_mut_ptr());
+/// V = Bᵀ d B of the whole batch, in parallel over ranges of input channels (`chunk` each):
+/// `pack(chans, v)` gets each range's V (36, chans.len(), nbp) on the task's scratch.
+fn transform_input(blk: &Block<'_>, x: &[f32], chunk: usize, pack: impl Fn(Range<usize>, &[f32]) + Sync) {
+    let (cin, nbp) = (blk.g.c_in, blk.nbp);
     (0..cin.div_ceil(chunk)).into_par_iter().for_each(|i| {
         let chans = i * chunk..((i + 1) * chunk).min(cin);
         let nc = chans.len();
@@ -95,13 +94,23 @@ fn pack_v(blk: &Block<'_>, x: &[f32], pb: &mut [f32], pbl: usize) {
             let (t1, rest) = rest.split_at_mut(NXI * nbp);
             let (t2, pad) = rest.split_at_mut(NXI * nbp);
             input_transform_best(blk, x, chans.clone(), v, t1, t2, pad);
-            for xi in 0..NXI {
-                let b = MatRef { data: &v[xi * nc * nbp..], rows: nc, cols: nt, rs: nbp as isize, cs: 1 };
-                // SAFETY: pb holds 36 packed (C_in, tiles) matrices of pbl floats; this task
-                // writes rows `chans` of each, which no other task writes.
-                unsafe { packed::pack_b_rows(b, chans.start, cin, pbp.get().add(xi * pbl)) };
-            }
+            pack(chans, v);
         });
+    });
+}
+
+/// V_ξ (C_in, tiles) of the whole batch for ξ = 0..36, each packed as a GEMM's B at
+/// pb[ξ·pbl ..] ([`packed::pack_b`]'s layout).
+fn pack_v(blk: &Block<'_>, x: &[f32], pb: &mut [f32], pbl: usize) {
+    let (cin, nt, nbp) = (blk.g.c_in, blk.tiles(), blk.nbp);
+    let pbp = SyncPtr(pb.as_mut_ptr());
+    transform_input(blk, x, cin.div_ceil(4 * crate::num_threads().max(1)).max(1), |chans, v| {
+        for xi in 0..NXI {
+            let b = MatRef { data: &v[xi * chans.len() * nbp..], rows: chans.len(), cols: nt, rs: nbp as isize, cs: 1 };
+            // SAFETY: pb holds 36 packed (C_in, tiles) matrices of pbl floats; this task
+            // writes rows `chans` of each, which no other task writes.
+            unsafe { packed::pack_b_rows(b, chans.start, cin, pbp.get().add(xi * pbl)) };
+        }
     });
 }
 
@@ -338,33 +347,25 @@ pub(super) fn backward_weight(g: &ConvGeom, x: &[f32], gy: &[f32], gw: &mut [f32
 }
 
 /// V_ξᵀ (tiles, C_in) of the whole batch for ξ = 0..36, each packed as a GEMM's B (K = tiles,
-/// N = C_in) at pb[ξ·pbl ..]; parallel over ranges of input channels that cover whole B panels.
+/// N = C_in) at pb[ξ·pbl ..]; the channel ranges cover whole B panels.
 fn pack_vt(blk: &Block<'_>, x: &[f32], pb: &mut [f32], pbl: usize) {
     let (cin, nt, nbp) = (blk.g.c_in, blk.tiles(), blk.nbp);
-    let chunk = cin.div_ceil(4 * crate::num_threads().max(1)).div_ceil(NR).max(1) * NR;
     let pbp = SyncPtr(pb.as_mut_ptr());
-    (0..cin.div_ceil(chunk)).into_par_iter().for_each(|i| {
-        let chans = i * chunk..((i + 1) * chunk).min(cin);
-        let nc = chans.len();
-        f32::with_scratch(NXI * nc * nbp + 2 * NXI * nbp + A_T * (M_T * blk.tw + 2), |buf| {
-            let (v, rest) = buf.split_at_mut(NXI * nc * nbp);
-            let (t1, rest) = rest.split_at_mut(NXI * nbp);
-            let (t2, pad) = rest.split_at_mut(NXI * nbp);
-            input_transform_best(blk, x, chans.clone(), v, t1, t2, pad);
-            for xi in 0..NXI {
-                for j0 in chans.clone().step_by(NR) {
-                    let wd = NR.min(cin - j0);
-                    // SAFETY: B panel j0 / NR of V_ξᵀ (nt·wd floats at j0·nt, packed_b's
-                    // layout) lies inside pb's ξ-th matrix and belongs to this task's channels.
-                    let panel = unsafe { std::slice::from_raw_parts_mut(pbp.get().add(xi * pbl + j0 * nt), nt * wd) };
-                    for (t, row) in panel.chunks_exact_mut(wd).enumerate() {
-                        for (c, d) in row.iter_mut().enumerate() {
-                            *d = v[(xi * nc + j0 - chans.start + c) * nbp + t];
-                        }
+    let chunk = cin.div_ceil(4 * crate::num_threads().max(1)).div_ceil(NR).max(1) * NR;
+    transform_input(blk, x, chunk, |chans, v| {
+        for xi in 0..NXI {
+            for j0 in chans.clone().step_by(NR) {
+                let wd = NR.min(cin - j0);
+                // SAFETY: B panel j0 / NR of V_ξᵀ (nt·wd floats at j0·nt, packed_b's layout)
+                // lies inside pb's ξ-th matrix and belongs to this task's channels.
+                let panel = unsafe { std::slice::from_raw_parts_mut(pbp.get().add(xi * pbl + j0 * nt), nt * wd) };
+                for (t, row) in panel.chunks_exact_mut(wd).enumerate() {
+                    for (c, d) in row.iter_mut().enumerate() {
+                        *d = v[(xi * chans.len() + j0 - chans.start + c) * nbp + t];
                     }
                 }
             }
-        });
+        }
     });
 }
 
