@@ -342,7 +342,7 @@ impl Epilogue {
 
     /// The activation as a clamp to [lo, hi], ±∞ where unbounded.
     #[inline(always)]
-    pub(crate) fn bounds<T: Float>(self) -> (T, T) {
+    pub fn bounds<T: Float>(self) -> (T, T) {
         match self {
             Epilogue::None => (T::neg_infinity(), T::infinity()),
             Epilogue::Relu => (T::zero(), T::infinity()),
@@ -857,12 +857,6 @@ const DOT_MIN_K: usize = 512;
 pub fn conv2d_backward_weight<T: Float>(g: &ConvGeom, x: &[T], gy: &[T], gw: &mut [T]) {
     if depthwise::applies(g) {
         return depthwise::backward_weight(g, x, gy, gw);
-    }
-    if crate::winograd::applies(g) && crate::winograd::panels_apply(g) {
-        let f = crate::simd::as_f32;
-        if let (Some(x), Some(gy), Some(gw)) = (f(x), f(gy), crate::simd::as_f32_mut(gw)) {
-            return crate::winograd::backward_weight_panels(g, x, gy, gw);
-        }
     }
     if crate::winograd::applies_to_weight_grad(g) {
         return crate::winograd::backward_weight(g, x, gy, gw);

@@ -97,9 +97,11 @@ pub fn applies(g: &ConvGeom) -> bool {
     applies_from(g, MIN_BATCH_TILES, if whole { MAX_U_WHOLE_TILES } else { MAX_U })
 }
 
-/// [`applies`] for the weight gradient ([`backward_weight`]): more tiles and a smaller U.
+/// [`applies`] for the weight gradient ([`backward_weight`]): more tiles and a smaller U for
+/// the tile-split path, or any layer [`applies`] accepts that the output-channel panel path
+/// ([`panels`]) takes, whose products need no U-sized partial sums.
 pub fn applies_to_weight_grad(g: &ConvGeom) -> bool {
-    applies_from(g, MIN_BATCH_TILES_WEIGHT_GRAD, MAX_U_WEIGHT_GRAD)
+    applies_from(g, MIN_BATCH_TILES_WEIGHT_GRAD, MAX_U_WEIGHT_GRAD) || (applies(g) && panels::applies(g))
 }
 
 fn applies_from(g: &ConvGeom, min_tiles: usize, max_u: usize) -> bool {
@@ -274,19 +276,6 @@ fn forward_impl<T: Float>(g: &ConvGeom, x: &[T], um: UMats<T>, b: Option<&[T]>, 
     }
 }
 
-/// True when a layer [`applies`] accepts has few enough tiles for the output-channel panel
-/// path (f32, AVX-512; see [`panels`]), which its forward and input gradient then take, and
-/// its weight gradient through [`backward_weight_panels`].
-pub fn panels_apply(g: &ConvGeom) -> bool {
-    panels::applies(g)
-}
-
-/// gw = d(conv)/dw · gy by output-channel panels (see [`panels`]); for layers where
-/// [`applies`] and [`panels_apply`] hold. Shapes as [`backward_weight`].
-pub fn backward_weight_panels(g: &ConvGeom, x: &[f32], gy: &[f32], gw: &mut [f32]) {
-    panels::backward_weight(g, x, gy, gw)
-}
-
 /// gx = d(conv)/dx · gy for convolutions where [`applies`] holds, by Winograd: the input
 /// gradient of a 3×3 stride-1 pad-p convolution is a 3×3 stride-1 pad-(2 − p) convolution of
 /// gy with the filters rotated 180° and C_in / C_out swapped.
@@ -441,9 +430,16 @@ fn g3<T: Float>(src: &[T], sp: Pl, dst: &mut [T], dp: Pl, n: usize) {
 ///
 /// 36 multiply-adds per (C_out, C_in, tile) instead of 144 for im2col + GEMM. Blocks of tile
 /// rows are split over the threads, each accumulating its own M; the partial M are summed and
-/// gw = Gᵀ M G per filter at the end.
+/// gw = Gᵀ M G per filter at the end. Layers with few tiles go by output-channel panels
+/// instead ([`panels`], f32 with AVX-512), with no partial sums.
 /// x: (N, C_in, H, W); gy: (N, C_out, OH, OW); gw: (C_out, C_in, 3, 3) (overwritten).
 pub fn backward_weight<T: Float>(g: &ConvGeom, x: &[T], gy: &[T], gw: &mut [T]) {
+    if panels::applies(g) {
+        let f = crate::simd::as_f32;
+        if let (Some(x), Some(gy), Some(gw)) = (f(x), f(gy), crate::simd::as_f32_mut(gw)) {
+            return panels::backward_weight(g, x, gy, gw);
+        }
+    }
     assert!(
         g.kh == 3 && g.kw == 3 && g.stride == (1, 1) && g.dilation == (1, 1) && g.groups == 1 && g.padding.0 <= 2 && g.padding.1 <= 2,
         "winograd: unsupported geometry {g:?}"
@@ -1018,14 +1014,15 @@ mod tests {
     }
 
     /// A ResNet's last stage on CIFAR (512 → 512 at 4×4, whole tiles): the dispatching
-    /// forward and input gradient take Winograd with its 37 MiB U, the weight gradient stays
-    /// on im2col. N(0, 1) input and gradient, Kaiming-normal weights; errors relative to the
-    /// f64 direct result's max.
+    /// forward and input gradient take Winograd (the tile-split path with its 37 MiB U, called
+    /// directly here); the weight gradient takes Winograd only by output-channel panels
+    /// (AVX-512), im2col otherwise. N(0, 1) input and gradient, Kaiming-normal weights; errors
+    /// relative to the f64 direct result's max.
     #[test]
     fn wide_whole_tile_layer_accuracy() {
         let g = geom(2, 512, 512, 4, 4, (1, 1));
         let g32 = ConvGeom { n: 32, ..g };
-        assert!(applies(&g32) && !applies_to_weight_grad(&g32), "the rule for the measured layer");
+        assert!(applies(&g32) && applies_to_weight_grad(&g32) == crate::packed::available(), "the rule for the measured layer");
         // Two images are below the tile count; the kernels are called directly.
         let mut s = 13;
         let x = normal(2 * 512 * 16, 1.0, &mut s);

@@ -205,39 +205,15 @@ unsafe fn panel_forward(
 #[allow(clippy::too_many_arguments)] // the panel's channel ranges and the buffer's plane stride
 #[inline(always)]
 fn fill_taps(w: Filters<'_>, g: &ConvGeom, co0: usize, rows: usize, k0: usize, kc: usize, taps: &mut [f32], pl: usize) {
+    // SAFETY: the panel path runs only with AVX-512F (`applies`).
     #[cfg(target_arch = "x86_64")]
-    if packed::available() {
-        // SAFETY: AVX-512F was just checked.
-        return unsafe { fill_taps_avx512(w, g, co0, rows, k0, kc, taps, pl) };
+    unsafe {
+        fill_taps_avx512(w, g, co0, rows, k0, kc, taps, pl)
     }
-    if rows < MR {
-        taps.iter_mut().for_each(|v| *v = 0.0);
-    }
-    match w {
-        Filters::Direct(w) => {
-            // Input channel outer: each step writes 9 runs of MR consecutive floats (whole
-            // lines); output channel outer wrote every line of the taps once per channel.
-            for ci in 0..kc {
-                for r in 0..rows {
-                    let f = &w[((co0 + r) * g.c_in + k0 + ci) * 9..][..9];
-                    for (k, &v) in f.iter().enumerate() {
-                        taps[k * pl + ci * MR + r] = v;
-                    }
-                }
-            }
-        }
-        Filters::Flipped(w) => {
-            // This convolution's filter (co, ci) is the forward's (ci, co) rotated: tap k is
-            // the forward's tap 8 − k.
-            for ci in 0..kc {
-                let src = &w[((k0 + ci) * g.c_out + co0) * 9..][..rows * 9];
-                for (r, f) in src.chunks_exact(9).enumerate() {
-                    for (k, &v) in f.iter().enumerate() {
-                        taps[(8 - k) * pl + ci * MR + r] = v;
-                    }
-                }
-            }
-        }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let _ = (w, g, co0, rows, k0, kc, taps, pl);
+        unreachable!("winograd panels need AVX-512")
     }
 }
 
@@ -452,17 +428,17 @@ unsafe fn panel_weight_grad(blk: &Block<'_>, gy: &[f32], pb: &[f32], pbl: usize,
 }
 
 /// gw[co0 + r][n0 + ci][k] = out9[k·pl + ci·MR + r] for r < rows, ci < nc: the transpose of
-/// [`fill_taps`], 16 output channels at a time through a register transpose on AVX-512.
+/// [`fill_taps`], 16 output channels at a time through a register transpose.
 ///
 /// # Safety
-/// As [`panel_weight_grad`]: gw's rows co0 .. co0 + rows are this caller's; out9 holds 9
-/// planes of pl ≥ nc·MR floats.
+/// AVX-512F; as [`panel_weight_grad`]: gw's rows co0 .. co0 + rows are this caller's; out9
+/// holds 9 planes of pl ≥ nc·MR floats.
 #[allow(clippy::too_many_arguments)]
 #[inline(always)]
 unsafe fn store_filters(out9: &[f32], pl: usize, co0: usize, rows: usize, n0: usize, nc: usize, cin: usize, gwp: SyncPtr<f32>) {
     assert!(out9.len() >= 8 * pl + nc * MR && rows <= MR);
     #[cfg(target_arch = "x86_64")]
-    if packed::available() {
+    {
         use std::arch::x86_64::*;
         let nine: __mmask16 = 0x1ff;
         for half in 0..rows.div_ceil(16) {
@@ -481,14 +457,11 @@ unsafe fn store_filters(out9: &[f32], pl: usize, co0: usize, rows: usize, n0: us
                 }
             }
         }
-        return;
     }
-    for r in 0..rows {
-        for ci in 0..nc {
-            for k in 0..9 {
-                *gwp.get().add(((co0 + r) * cin + n0 + ci) * 9 + k) = out9[k * pl + ci * MR + r];
-            }
-        }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let _ = (pl, co0, rows, n0, nc, cin, gwp);
+        unreachable!("winograd panels need AVX-512")
     }
 }
 
