@@ -92,14 +92,10 @@ fn vec_t<T: Elem>(v: Vec<T>, shape: &[usize]) -> Result<Tensor> {
 }
 
 /// g ⊙ act'(·) from the activation's output y: 1 where y > 0 (ReLU) or lo < y < hi (clamp),
-/// else 0. In parallel chunks, vectorised.
+/// else 0 — strictly inside the epilogue's bounds. In parallel chunks, vectorised.
 fn activation_grad<T: FloatElem>(act: conv::Epilogue, y: &[T], g: &[T]) -> Vec<T> {
     use rayon::prelude::*;
-    let (lo, hi) = match act {
-        conv::Epilogue::None => (T::neg_infinity(), T::infinity()),
-        conv::Epilogue::Relu => (T::zero(), T::infinity()),
-        conv::Epilogue::Clamp(lo, hi) => (T::of_f64(lo), T::of_f64(hi)),
-    };
+    let (lo, hi) = act.bounds::<T>();
     let mut out: Vec<T> = crate::recycle::output_vec(g.len());
     const CHUNK: usize = cnnkit_kernels::simd::CHUNK;
     out.par_chunks_mut(CHUNK).zip(y.par_chunks(CHUNK)).zip(g.par_chunks(CHUNK)).for_each(|((o, yc), gc)| {

@@ -159,14 +159,7 @@ impl Tensor {
 
     /// `F.conv2d`. self: (N, C_in, H, W) or (C_in, H, W); w: (C_out, C_in/G, KH, KW); b: (C_out).
     pub fn conv2d(&self, w: &Tensor, b: Option<&Tensor>, args: Conv2dArgs) -> Result<Tensor> {
-        let (x, added, geom, s) = self.conv2d_storage(w, b, args, conv::Epilogue::None)?;
-        let (oh, ow) = geom.out_hw().unwrap_or((0, 0));
-        let y = Tensor::from_op(
-            s,
-            &[geom.n, geom.c_out, oh, ow],
-            Op::Conv2d { x: x.clone(), w: w.clone(), b: b.cloned(), geom, act: conv::Epilogue::None },
-        );
-        unbatch(y, added)
+        self.conv2d_act(w, b, args, conv::Epilogue::None)
     }
 
     /// `act(F.conv2d(...))` (ReLU, or a clamp such as ReLU6) with the activation fused into the
@@ -176,9 +169,6 @@ impl Tensor {
     /// derivatives (x > 0; lo < x < hi, strict as PyTorch's) are read off the output, which
     /// is positive (inside the bounds) exactly where the convolution's result was.
     pub fn conv2d_act(&self, w: &Tensor, b: Option<&Tensor>, args: Conv2dArgs, act: conv::Epilogue) -> Result<Tensor> {
-        if act == conv::Epilogue::None {
-            return self.conv2d(w, b, args);
-        }
         let (x, added, geom, s) = self.conv2d_storage(w, b, args, act)?;
         let (oh, ow) = geom.out_hw().unwrap_or((0, 0));
         let y = Tensor::from_op(s, &[geom.n, geom.c_out, oh, ow], Op::Conv2d { x: x.clone(), w: w.clone(), b: b.cloned(), geom, act });

@@ -40,19 +40,24 @@ impl Module for Sequential {
         let mut i = 0;
         while let Some(l) = self.layers.get(i) {
             let l = l.as_ref();
-            if let Some(next) = self.layers.get(i + 1).map(|n| n.as_ref()) {
-                if let Some(act) = next.fusable_activation() {
-                    if !crate::hooks::any(hook_key(l)) && !crate::hooks::any(hook_key(next)) {
-                        if let Some(y) = l.forward_act(&h, act) {
-                            h = y?;
-                            i += 2;
-                            continue;
-                        }
-                    }
+            // Where `l` cannot fuse (a hook on it, or no `forward_act`), `call_act` runs it and
+            // then the activation as an op of its own: what the activation layer would do.
+            let fused = self
+                .layers
+                .get(i + 1)
+                .map(|n| n.as_ref())
+                .filter(|n| !crate::hooks::any(hook_key(*n)))
+                .and_then(|n| n.fusable_activation());
+            match fused {
+                Some(act) => {
+                    h = l.call_act(&h, act)?;
+                    i += 2;
+                }
+                None => {
+                    h = l.call(&h)?;
+                    i += 1;
                 }
             }
-            h = l.call(&h)?;
-            i += 1;
         }
         Ok(h)
     }
