@@ -97,19 +97,21 @@ pub unsafe fn run(o: &Operands) {
         let w = NT.min(o.n - j0);
         for m0 in (0..o.m).step_by(MT) {
             let rows = MT.min(o.m - m0);
+            // First pass over the pixels: fetch the next tile's weight rows while this runs.
+            let pf = if j0 == 0 && m0 + MT < o.m { o.a.wrapping_add((m0 + MT) * o.lda) } else { std::ptr::null() };
             // Full tiles unmasked; a narrower one runs only the vectors it covers (a 14×14
             // plane's last 4 pixels: one vector, not four).
             match (rows, w.div_ceil(16), w == NT) {
-                (6, 4, true) => tile::<6, 4, false>(o, m0, j0, w),
-                (6, 4, false) => tile::<6, 4, true>(o, m0, j0, w),
-                (6, 3, _) => tile::<6, 3, true>(o, m0, j0, w),
-                (6, 2, _) => tile::<6, 2, true>(o, m0, j0, w),
-                (6, _, _) => tile::<6, 1, true>(o, m0, j0, w),
-                (5, _, _) => tile::<5, 4, true>(o, m0, j0, w),
-                (4, _, _) => tile::<4, 4, true>(o, m0, j0, w),
-                (3, _, _) => tile::<3, 4, true>(o, m0, j0, w),
-                (2, _, _) => tile::<2, 4, true>(o, m0, j0, w),
-                _ => tile::<1, 4, true>(o, m0, j0, w),
+                (6, 4, true) => tile::<6, 4, false>(o, m0, j0, w, pf),
+                (6, 4, false) => tile::<6, 4, true>(o, m0, j0, w, pf),
+                (6, 3, _) => tile::<6, 3, true>(o, m0, j0, w, pf),
+                (6, 2, _) => tile::<6, 2, true>(o, m0, j0, w, pf),
+                (6, _, _) => tile::<6, 1, true>(o, m0, j0, w, pf),
+                (5, _, _) => tile::<5, 4, true>(o, m0, j0, w, pf),
+                (4, _, _) => tile::<4, 4, true>(o, m0, j0, w, pf),
+                (3, _, _) => tile::<3, 4, true>(o, m0, j0, w, pf),
+                (2, _, _) => tile::<2, 4, true>(o, m0, j0, w, pf),
+                _ => tile::<1, 4, true>(o, m0, j0, w, pf),
             }
         }
     }
@@ -122,12 +124,17 @@ pub unsafe fn run(o: &Operands) {
 /// As [`run`], for this tile.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
-unsafe fn tile<const R: usize, const V: usize, const MASKED: bool>(o: &Operands, m0: usize, j0: usize, w: usize) {
+unsafe fn tile<const R: usize, const V: usize, const MASKED: bool>(o: &Operands, m0: usize, j0: usize, w: usize, pf: *const f32) {
     use std::arch::x86_64::*;
     let masks: [__mmask16; V] = std::array::from_fn(|v| if MASKED { crate::simd::lane_mask((16 * v) as isize, w) } else { 0xffff });
     let mut acc = [[_mm512_setzero_ps(); V]; R];
     let bp = o.b.add(j0);
     for kk in 0..o.k {
+        if kk % 16 == 0 && !pf.is_null() {
+            for r in 0..R {
+                _mm_prefetch::<_MM_HINT_T0>(pf.wrapping_add(r * o.lda + kk) as *const i8);
+            }
+        }
         let row = bp.add(kk * o.ldb);
         // SAFETY (loads): masked-off lanes are not read; the others lie in B's row kk.
         let bv: [__m512; V] =
@@ -170,7 +177,7 @@ unsafe fn tile<const R: usize, const V: usize, const MASKED: bool>(o: &Operands,
 }
 
 #[cfg(not(target_arch = "x86_64"))]
-unsafe fn tile<const R: usize, const V: usize, const MASKED: bool>(_: &Operands, _: usize, _: usize, _: usize) {
+unsafe fn tile<const R: usize, const V: usize, const MASKED: bool>(_: &Operands, _: usize, _: usize, _: usize, _: *const f32) {
     unreachable!("pointwise::available() is false off x86_64")
 }
 
