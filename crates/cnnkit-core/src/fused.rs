@@ -5,7 +5,7 @@
 
 use crate::{DType, Elem, Result, Tensor};
 use cnnkit_kernels::conv::Epilogue;
-use cnnkit_kernels::fused::{InvertedResidual, Pointwise, Stem};
+use cnnkit_kernels::fused::{InvertedResidual, PackedWeights, Pointwise, Stem};
 
 /// One convolution of the block: weight, optional bias, and the activation after it.
 #[derive(Clone, Copy, Debug)]
@@ -94,7 +94,10 @@ pub fn inverted_residual(x: &Tensor, a: &InvertedResidualArgs) -> Result<Option<
         return Ok(None);
     };
     let data = Borrowed::data_opt;
-    let blk = InvertedResidual {
+    // The packed 1×1 weights of a block split by channels (kept across runs by
+    // crate::prepared, like a layer-wise convolution's).
+    let kept;
+    let mut blk = InvertedResidual {
         c_in,
         c_mid,
         c_out,
@@ -116,7 +119,13 @@ pub fn inverted_residual(x: &Tensor, a: &InvertedResidualArgs) -> Result<Option<
         stride: a.stride,
         project: Pointwise { w: pw.data(), b: data(&pb), ep: a.project.ep },
         after: if a.residual.is_some() { a.after } else { Epilogue::None },
+        packed: None,
     };
+    if let (true, Some(e), Some(ewd)) = (blk.by_channels(), &a.expand, data(&ew)) {
+        let pack = |t: &Tensor, wd: &[f32], m: usize, k: usize| crate::prepared::packed_weights(&t.0.storage, t.layout().offset, wd, m, k);
+        kept = (pack(e.w, ewd, c_mid, c_in), pack(a.project.w, pw.data(), c_out, c_mid));
+        blk.packed = Some(PackedWeights { expand: &kept.0, project: &kept.1 });
+    }
     // The kernel's own conditions (stride, plane and channel bounds, AVX-512) before its
     // output plane is asked for.
     if !blk.applies() {

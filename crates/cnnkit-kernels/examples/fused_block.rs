@@ -1,10 +1,13 @@
-//! Times MobileNetV2's inverted residual blocks at batch 1, layer by layer against the fused
-//! kernel (`cnnkit_kernels::fused`), then the stem and the first block: the stem's own kernel
+//! Times MobileNetV2's inverted residual blocks at batch 1, layer by layer (1×1 layers on the
+//! weights packed where the network's plan packs them) against the fused kernel
+//! (`cnnkit_kernels::fused`), then the stem and the first block: the stem's own kernel
 //! and the fused block against the block that makes the stem's rows itself.
 //! Run: cargo run --release -p cnnkit-kernels --example fused_block [ITERS]
 mod common;
-use cnnkit_kernels::conv::{conv2d_forward_ep, ConvGeom, Epilogue};
-use cnnkit_kernels::fused::{forward, InvertedResidual, Pointwise, Stem};
+use cnnkit_kernels::conv::{conv2d_forward_ep, conv2d_forward_packed, ConvGeom, Epilogue};
+use cnnkit_kernels::fused::{forward, InvertedResidual, PackedWeights, Pointwise, Stem};
+use cnnkit_kernels::matmul::MatRef;
+use cnnkit_kernels::packed::PackedA;
 use common::median;
 use std::time::Instant;
 
@@ -35,6 +38,8 @@ fn run() {
         let r = |n: usize| (0..n).map(|i| ((i * 7919 % 1000) as f32 / 1000.0 - 0.5) * 0.2).collect::<Vec<f32>>();
         let (x, ew, eb, dw, db, pw, pb) = (r(c_in * h * h), r(c_mid * c_in), r(c_mid), r(c_mid * 9), r(c_mid), r(c_out * c_mid), r(c_out));
         let residual = s == 1 && c_in == c_out;
+        // Packed once, as the network's plan keeps them (the split by channels needs them).
+        let (pe, pp) = (PackedA::new(MatRef::row_major(&ew, c_mid, c_in)), PackedA::new(MatRef::row_major(&pw, c_out, c_mid)));
         let blk = InvertedResidual {
             c_in,
             c_mid,
@@ -49,6 +54,7 @@ fn run() {
             stride: s,
             project: Pointwise { w: &pw, b: Some(&pb), ep: Epilogue::None },
             after: Epilogue::None,
+            packed: Some(PackedWeights { expand: &pe, project: &pp }),
         };
         let oh = (h - 1) / s + 1;
         let res = r(c_out * oh * oh);
@@ -71,13 +77,13 @@ fn run() {
         let mut y = vec![0.0f32; c_out * oh * oh];
         let mut layers = || {
             let m: &[f32] = if t > 1 {
-                conv2d_forward_ep(&pwg(c_in, c_mid, h), &x, &ew, Some(&eb), relu6, &mut mid);
+                conv2d_forward_packed(&pwg(c_in, c_mid, h), &x, &ew, &pe, Some(&eb), relu6, &mut mid);
                 &mid
             } else {
                 &x
             };
             conv2d_forward_ep(&dg, m, &dw, Some(&db), relu6, &mut d);
-            conv2d_forward_ep(&pwg(c_mid, c_out, oh), &d, &pw, Some(&pb), Epilogue::None, &mut y);
+            conv2d_forward_packed(&pwg(c_mid, c_out, oh), &d, &pw, &pp, Some(&pb), Epilogue::None, &mut y);
             if residual {
                 y.iter_mut().zip(&res).for_each(|(v, q)| *v += q);
             }
@@ -128,6 +134,7 @@ fn stem_and_first_block(iters: usize) {
         stride: 1,
         project: Pointwise { w: pw, b: Some(pb), ep: Epilogue::None },
         after: Epilogue::None,
+        packed: None,
     };
     let (plain, fused) = (blk(None), blk(Some(stem)));
     let (mut x, mut y, mut y2) = (vec![0f32; 32 * 112 * 112], vec![0f32; 16 * 112 * 112], vec![0f32; 16 * 112 * 112]);

@@ -15,9 +15,15 @@
 //! stem's output rows are then made in the window like expanded rows (gathered taps and the
 //! pointwise kernel, as `crate::direct` does), and its 32×112×112 output never reaches memory.
 //!
+//! Blocks whose output plane is under [`MIN_OUT_PIXELS`] (7×7) split by expanded channels
+//! instead, on the 1×1 weights packed by the caller ([`PackedWeights`]; see the notes at
+//! [`MIN_OUT_PIXELS`]).
+//!
 //! f32 with AVX-512 (the depthwise strip kernel); [`InvertedResidual::applies`] says when.
 
 use crate::conv::{Epilogue, SyncPtr};
+use crate::packed::{PackedA, MR};
+use crate::Float;
 use rayon::prelude::*;
 
 /// A 1×1 convolution's parameters. w: (C_out, C_in); b: (C_out).
@@ -26,6 +32,15 @@ pub struct Pointwise<'a> {
     pub w: &'a [f32],
     pub b: Option<&'a [f32]>,
     pub ep: Epilogue,
+}
+
+/// A block's two 1×1 weight matrices packed for [`crate::packed`] (`PackedA::new` of the
+/// expansion's (C_mid, C_in) and the projection's (C_out, C_mid)), kept by the caller across
+/// runs: the split by expanded channels runs on them (see [`forward`]).
+#[derive(Clone, Copy, Debug)]
+pub struct PackedWeights<'a> {
+    pub expand: &'a PackedA,
+    pub project: &'a PackedA,
 }
 
 /// A stride-2 convolution (one group, no dilation) whose output is the block's input: the
@@ -86,9 +101,12 @@ pub struct InvertedResidual<'a> {
     pub project: Pointwise<'a>,
     /// The activation after the residual add (None without a residual).
     pub after: Epilogue,
+    /// The 1×1 weights packed: needed for (and only used by) the split by channels.
+    pub packed: Option<PackedWeights<'a>>,
 }
 
-/// Fewest output pixels per image, and most expanded channels, for the fused block. Measured
+/// Fewest output pixels per image, and most expanded channels, for the block split by output
+/// rows (smaller planes split by channels, see below). Measured
 /// on two threads against the layers run one by one (`examples/fused_block.rs`, both on the
 /// pointwise and column-walking depthwise kernels), MobileNetV2's blocks gain down to 14×14
 /// (64→384→64: 0.138 → 0.117 ms; 96→576→160 s2: 0.224 → 0.191; 96→576→96 a tie, 0.266 →
@@ -98,15 +116,19 @@ pub struct InvertedResidual<'a> {
 pub const MIN_OUT_PIXELS: usize = 14 * 14;
 pub const MAX_MID_CHANNELS: usize = 576;
 
-// An output plane below MIN_OUT_PIXELS from an input plane of at least that many (MobileNetV2's
-// stride-2 block 96→576→160, 14×14 → 7×7) is split by expanded channels instead of rows: each
-// part expands its channels over the whole plane into L2, runs their depthwise filters, and
-// projects them into a partial output (the projection's sum over its channel range); the
-// partials are summed, with bias, activations and residual, once all parts are done. No row is
-// expanded twice, the parts are equal (rows split 4 + 3), and the 0.45 MB of expanded
-// activations never reach memory: 0.33 → 0.25 ms on two threads in the network. Blocks on 7×7
-// planes throughout (160→960→160) stay layer by layer: their 1×1 layers run faster on
-// `crate::packed` than on the pointwise kernel here (960→320 0.37 → 0.43 ms fused).
+// An output plane below MIN_OUT_PIXELS (MobileNetV2's 7×7 blocks, and the stride-2 block
+// 96→576→160 from 14×14) is split by expanded channels instead of rows: each part expands its
+// channels over the whole plane into L2, runs their depthwise filters, and projects them into
+// a partial output (the projection's sum over its channel range); the partials are summed,
+// with bias, activations and residual, once all parts are done. No row is expanded twice and
+// the expanded activations never reach memory. Both 1×1 products run on `crate::packed`
+// (vectorised along channels, weights packed once by the caller): the pointwise kernel
+// vectorises along pixels and fills 64 lanes with a 7×7 plane's 49 (960→320 ran 0.37 → 0.43 ms
+// fused on it, so these blocks had stayed layer by layer). On the packed weights, in the
+// network (MobileNetV2 at batch 1, two threads, per block, ORT-interleaved sittings):
+// 160→960→160 0.25–0.34 → 0.21–0.23 ms, 160→960→320 0.33–0.40 → 0.30–0.32. Timed hot in a
+// loop (`examples/fused_block.rs`) split and layers tie: what the split saves is the Add
+// node and the expanded activations and weights each layer would fetch again from L3.
 
 /// Floats of L2 a strip's window and depthwise output may take (512 KiB of Zen 4's 1 MiB).
 const STRIP_FLOATS: usize = 128 << 10;
@@ -124,7 +146,7 @@ impl InvertedResidual<'_> {
 
     /// True when [`forward`] runs this block: stride 1 or 2, an output plane of at least
     /// [`MIN_OUT_PIXELS`] with at most [`MAX_MID_CHANNELS`] expanded channels (split by rows),
-    /// or a smaller one from an input plane of at least that many, without a stem (split by
+    /// or a smaller one with an expansion and the packed weights, without a stem (split by
     /// channels), operands of the stated sizes, on a CPU with AVX-512.
     pub fn applies(&self) -> bool {
         let (oh, ow) = if self.h > 0 && self.w > 0 && self.stride > 0 { self.out_hw() } else { (0, 0) };
@@ -137,8 +159,12 @@ impl InvertedResidual<'_> {
             let g = st.geom(self.c_in);
             crate::direct::applies(&g) && g.out_hw() == Some((self.h, self.w)) && sized(&st.conv, self.c_in, g.col_rows())
         });
+        let packed_ok = self.expand.is_some()
+            && self
+                .packed
+                .is_some_and(|p| (p.expand.m, p.expand.k, p.project.m, p.project.k) == (self.c_mid, self.c_in, self.c_out, self.c_mid));
         (self.stride == 1 || self.stride == 2)
-            && ((oh * ow >= MIN_OUT_PIXELS && self.c_mid <= MAX_MID_CHANNELS) || (self.by_channels() && self.h * self.w >= MIN_OUT_PIXELS))
+            && ((oh * ow >= MIN_OUT_PIXELS && self.c_mid <= MAX_MID_CHANNELS) || (self.by_channels() && packed_ok))
             && self.c_in > 0
             && self.c_mid > 0
             && self.c_out > 0
@@ -151,19 +177,22 @@ impl InvertedResidual<'_> {
     }
 
     /// True when [`forward`] splits the block by expanded channels (an output plane under
-    /// [`MIN_OUT_PIXELS`], no stem) rather than by output rows.
-    fn by_channels(&self) -> bool {
+    /// [`MIN_OUT_PIXELS`], no stem) rather than by output rows: it then needs
+    /// [`InvertedResidual::packed`].
+    pub fn by_channels(&self) -> bool {
         let (oh, ow) = if self.h > 0 && self.w > 0 && self.stride > 0 { self.out_hw() } else { (0, 0) };
         oh * ow < MIN_OUT_PIXELS && self.stem.is_none()
     }
 
-    /// Parts of the expanded channels when split by channels on `t` threads: at least one per
-    /// thread, and enough that a part's expanded plane and depthwise output fit
-    /// [`STRIP_FLOATS`].
-    fn channel_parts(&self, t: usize) -> usize {
+    /// Expanded channels per part when split by channels on `t` threads: whole panels of
+    /// [`MR`] (the packed expansion's), at least one part per thread, and few enough channels
+    /// that a part's expanded plane and depthwise output fit [`STRIP_FLOATS`]. (Two parts per
+    /// thread, for balance, ran MobileNetV2's 7×7 blocks ~8% slower: more partials to add.)
+    fn channels_per_part(&self, t: usize) -> usize {
         let (oh, ow) = self.out_hw();
-        let per_channel = if self.expand.is_some() { self.h * self.w } else { 0 } + oh * ow;
-        (self.c_mid * per_channel).div_ceil(STRIP_FLOATS).max(t).clamp(1, self.c_mid)
+        let per_channel = self.h * self.w + oh * ow;
+        let parts = (self.c_mid * per_channel).div_ceil(STRIP_FLOATS).max(t).clamp(1, self.c_mid);
+        self.c_mid.div_ceil(parts).next_multiple_of(MR)
     }
 
     /// Output rows per strip: the rolling window ((R − 1)·S + 3 expanded rows), the strip's
@@ -226,8 +255,8 @@ pub fn forward(blk: &InvertedResidual, n: usize, x: &[f32], residual: Option<&[f
 }
 
 /// [`forward`] split by expanded channels (see [`InvertedResidual::by_channels`]): part p of
-/// image i projects its channel range into y (p = 0) or into a partial output; then each image's
-/// partials are added into y with the projection's bias and activation and the residual.
+/// image i projects its channel range into y (p = 0) or into a partial output; then each
+/// output row adds its partials, the projection's bias and activation and the residual.
 fn forward_by_channels(blk: &InvertedResidual, n: usize, x: &[f32], residual: Option<&[f32]>, y: &mut [f32]) {
     let (oh, ow) = blk.out_hw();
     let oplane = oh * ow;
@@ -235,84 +264,101 @@ fn forward_by_channels(blk: &InvertedResidual, n: usize, x: &[f32], residual: Op
     // The units write y through a raw pointer: its length is checked here too (tests call
     // this mode directly).
     assert!(x.len() >= n * x_img && y.len() >= n * y_img && residual.is_none_or(|r| r.len() >= n * y_img));
+    let (Some(pk), Some(e)) = (blk.packed, blk.expand) else { panic!("fused inverted residual: a channel split needs the packed weights") };
     let t = crate::num_threads();
-    let per = blk.c_mid.div_ceil(blk.channel_parts(t));
+    let per = blk.channels_per_part(t);
     let parts = blk.c_mid.div_ceil(per);
-    let mut partials = vec![0f32; n * (parts - 1) * y_img];
-    let (yp, pp) = (SyncPtr(y.as_mut_ptr()), SyncPtr(partials.as_mut_ptr()));
-    let run = |u: usize| {
-        let (i, p) = (u / parts, u % parts);
-        let channels = p * per..((p + 1) * per).min(blk.c_mid);
-        // SAFETY: each unit writes its own (C_out, OH, OW) output: image i of y for part 0,
-        // else its own slot of partials (both hold n such outputs); the CPU has AVX-512F
-        // (`applies`, asserted by the caller).
-        unsafe {
-            let out = if p == 0 { yp.get().add(i * y_img) } else { pp.get().add((i * (parts - 1) + p - 1) * y_img) };
-            channel_range(blk, &x[i * x_img..][..x_img], channels, out);
-        }
-    };
-    let units = n * parts;
-    if t > 1 && units > 1 {
-        (0..units).into_par_iter().for_each(run);
-    } else {
-        (0..units).for_each(run);
-    }
-    let p = &blk.project;
-    for (i, yi) in y.chunks_mut(y_img).take(n).enumerate() {
-        for part in partials[i * (parts - 1) * y_img..(i + 1) * (parts - 1) * y_img].chunks(y_img) {
-            yi.iter_mut().zip(part).for_each(|(v, &q)| *v += q);
-        }
-        for (co, row) in yi.chunks_mut(oplane).enumerate() {
-            p.ep.apply_bias(row, p.b.map_or(0.0, |b| b[co]));
-            if let Some(r) = residual {
-                row.iter_mut().zip(&r[i * y_img + co * oplane..][..oplane]).for_each(|(v, &q)| *v += q);
-                blk.after.apply(row);
+    // The partials live in the calling thread's second scratch buffer: the units use the
+    // first (their window) and the packed GEMM's own (its Cᵀ tiles).
+    f32::with_aux_scratch(n * (parts - 1) * y_img, |partials| {
+        let (yp, pp) = (SyncPtr(y.as_mut_ptr()), SyncPtr(partials.as_mut_ptr()));
+        let run = |u: usize| {
+            let (i, p) = (u / parts, u % parts);
+            let channels = p * per..((p + 1) * per).min(blk.c_mid);
+            // SAFETY: each unit writes its own (C_out, OH, OW) output: image i of y for part 0,
+            // else its own slot of partials (both hold n such outputs); the CPU has AVX-512F
+            // (`applies`, asserted by the caller).
+            unsafe {
+                let out = if p == 0 { yp.get().add(i * y_img) } else { pp.get().add((i * (parts - 1) + p - 1) * y_img) };
+                channel_range(blk, &pk, &e, &x[i * x_img..][..x_img], channels, out);
             }
+        };
+        let units = n * parts;
+        if t > 1 && units > 1 {
+            (0..units).into_par_iter().for_each(run);
+        } else {
+            (0..units).for_each(run);
         }
-    }
+        let p = &blk.project;
+        let partials = &*partials;
+        // Output rows in one contiguous range per thread.
+        let rows_per = (n * blk.c_out).div_ceil(t);
+        let finish = |(ci, ys): (usize, &mut [f32])| {
+            for (r, yr) in ys.chunks_mut(oplane).enumerate() {
+                let row = ci * rows_per + r;
+                let (i, co) = (row / blk.c_out, row % blk.c_out);
+                crate::simd::with_best_isa(|| {
+                    for part in 0..parts - 1 {
+                        let q = &partials[(i * (parts - 1) + part) * y_img + co * oplane..][..oplane];
+                        yr.iter_mut().zip(q).for_each(|(v, &q)| *v += q);
+                    }
+                    p.ep.apply_bias(yr, p.b.map_or(0.0, |b| b[co]));
+                    if let Some(r) = residual {
+                        yr.iter_mut().zip(&r[row * oplane..][..oplane]).for_each(|(v, &q)| *v += q);
+                        blk.after.apply(yr);
+                    }
+                })
+            }
+        };
+        if t > 1 {
+            y[..n * y_img].par_chunks_mut(rows_per * oplane).enumerate().for_each(finish);
+        } else {
+            finish((0, &mut y[..n * y_img]));
+        }
+    })
 }
 
-/// One image's expanded channels `channels`: expanded over the whole plane into this thread's
-/// scratch (or read from x without expansion), depthwise, and projected into out (C_out, OH, OW)
-/// as the projection's sum over those channels (no bias or activation).
+/// One image's expanded channels `channels` (whole panels of [`MR`], or the last ones):
+/// expanded over the whole plane into this thread's scratch, depthwise, and projected into
+/// out (C_out, OH, OW) as the projection's sum over those channels (no bias or activation),
+/// both products on the packed weights.
 ///
 /// # Safety
 /// `out` holds C_out·OH·OW floats that no one else accesses during the call; x is the image;
-/// the CPU supports AVX-512F.
-unsafe fn channel_range(blk: &InvertedResidual, x: &[f32], channels: std::ops::Range<usize>, out: *mut f32) {
+/// the packed weights are the block's; the CPU supports AVX-512F.
+unsafe fn channel_range(
+    blk: &InvertedResidual,
+    pk: &PackedWeights,
+    e: &Pointwise,
+    x: &[f32],
+    channels: std::ops::Range<usize>,
+    out: *mut f32,
+) {
     let (h, wd) = (blk.h, blk.w);
     let (oh, ow) = blk.out_hw();
     let (plane, oplane, len) = (h * wd, oh * ow, channels.len());
-    let window_len = if blk.expand.is_some() { len * plane } else { 0 };
-    crate::packed::with_local(window_len + len * oplane, |buf| {
-        let (win, dwo) = buf.split_at_mut(window_len);
-        let src = match &blk.expand {
-            Some(e) => {
-                // SAFETY: rows `channels` of the expansion over the whole plane into the
-                // window (len planes).
-                crate::pointwise::run(&crate::pointwise::Operands {
-                    m: len,
-                    n: plane,
-                    k: blk.c_in,
-                    a: e.w[channels.start * blk.c_in..].as_ptr(),
-                    lda: blk.c_in,
-                    b: x.as_ptr(),
-                    ldb: plane,
-                    bias: e.b.map(|b| b[channels.start..].as_ptr()),
-                    ep: e.ep,
-                    residual: None,
-                    after: Epilogue::None,
-                    y: win.as_mut_ptr(),
-                    ldy: plane,
-                });
-                win.as_ptr()
-            }
-            None => x[channels.start * plane..].as_ptr(),
-        };
+    f32::with_scratch(len * plane + len * oplane, |buf| {
+        let (win, dwo) = buf.split_at_mut(len * plane);
+        for p in channels.start / MR..channels.end.div_ceil(MR) {
+            // SAFETY: panel p's rows are channels p·MR .. (inside `channels`, which are whole
+            // panels), landing in the window at their offset; B is the image (C_in, H·W).
+            crate::packed::panel_b_in_place(
+                pk.expand,
+                p,
+                0..blk.c_in,
+                x.as_ptr(),
+                plane,
+                plane,
+                e.b.map(|b| b[p * MR..].as_ptr()),
+                e.ep,
+                win.as_mut_ptr().add((p * MR - channels.start) * plane),
+                plane,
+            );
+        }
         for (j, c) in channels.clone().enumerate() {
             let wk = &blk.dw_w[c * 9..][..9];
             let bias = blk.dw_b.map_or(0.0, |b| b[c]);
-            let (xr, yr) = (src.add(j * plane), dwo.as_mut_ptr().add(j * oplane));
+            let (xr, yr) = (win.as_ptr().add(j * plane), dwo.as_mut_ptr().add(j * oplane));
             // SAFETY: xr is channel c's whole plane; dwo holds len output planes.
             if blk.stride == 1 {
                 crate::depthwise::forward_rows_3x3_avx512::<1>(h, wd, xr, 0, 0..oh, wk, bias, blk.dw_ep, yr);
@@ -320,23 +366,22 @@ unsafe fn channel_range(blk: &InvertedResidual, x: &[f32], channels: std::ops::R
                 crate::depthwise::forward_rows_3x3_avx512::<2>(h, wd, xr, 0, 0..oh, wk, bias, blk.dw_ep, yr);
             }
         }
-        // SAFETY: columns `channels` of the projection (lda C_mid) times their depthwise
-        // output, into out (the caller's contract).
-        crate::pointwise::run(&crate::pointwise::Operands {
-            m: blk.c_out,
-            n: oplane,
-            k: len,
-            a: blk.project.w[channels.start..].as_ptr(),
-            lda: blk.c_mid,
-            b: dwo.as_ptr(),
-            ldb: oplane,
-            bias: None,
-            ep: Epilogue::None,
-            residual: None,
-            after: Epilogue::None,
-            y: out,
-            ldy: oplane,
-        });
+        for q in 0..blk.c_out.div_ceil(MR) {
+            // SAFETY: K range `channels` of the projection's panel q times their depthwise
+            // output (len rows of OH·OW), into out's rows q·MR .. (the caller's contract).
+            crate::packed::panel_b_in_place(
+                pk.project,
+                q,
+                channels.clone(),
+                dwo.as_ptr(),
+                oplane,
+                oplane,
+                None,
+                Epilogue::None,
+                out.add(q * MR * oplane),
+                oplane,
+            );
+        }
     });
 }
 
@@ -475,6 +520,7 @@ unsafe fn rows(blk: &InvertedResidual, x: &[f32], residual: Option<&[f32]>, y: *
 mod tests {
     use super::*;
     use crate::conv::ConvGeom;
+    use crate::matmul::MatRef;
     use proptest::prelude::*;
 
     fn rand_vec(n: usize, seed: &mut u64) -> Vec<f32> {
@@ -571,6 +617,7 @@ mod tests {
                 dw_w: &dw, dw_b: Some(&db), dw_ep: ep, stride,
                 project: Pointwise { w: &pw, b: Some(&pb), ep: Epilogue::None },
                 after: if residual { ep } else { Epilogue::None },
+                packed: None,
             };
             prop_assume!(blk.applies());
             let m = mismatch(&blk, n, &xw, residual, &mut sd);
@@ -603,6 +650,7 @@ mod tests {
                 dw_w: &dw, dw_b: Some(&db), dw_ep: relu6, stride,
                 project: Pointwise { w: &pw, b: Some(&pb), ep: Epilogue::None },
                 after: Epilogue::None,
+                packed: None,
             };
             prop_assume!(blk.applies());
             let m = mismatch(&blk, n, &xw, residual, &mut sd);
@@ -631,77 +679,90 @@ mod tests {
             stride: 1,
             project: Pointwise { w: &pw, b: None, ep: Epilogue::None },
             after: Epilogue::None,
+            packed: None,
         };
         assert_eq!(blk(112, false).applies(), available());
         assert!(!blk(111, false).applies());
         assert!(!blk(112, true).applies());
     }
 
-    /// MobileNetV2's 7×7 blocks split by expanded channels: 96→576→160 stride 2 from 14×14,
-    /// and (called directly: `applies` keeps it layer by layer) 160→960→160 with its residual,
-    /// on batches of one and two; then on one thread, where the 576-channel block takes
-    /// several parts.
-    #[test]
-    fn channel_split_blocks_match_layers() {
-        if !crate::packed::available() {
-            return;
-        }
-        let relu6 = Epilogue::Clamp(0.0, 6.0);
-        for (c_in, c_mid, c_out, h, stride, n) in [(96, 576, 160, 14, 2, 1), (160, 960, 160, 7, 1, 2), (32, 64, 16, 9, 1, 1)] {
-            let mut sd = 11;
-            let (xw, ew, eb) = (rand_vec(n * c_in * h * h, &mut sd), rand_vec(c_mid * c_in, &mut sd), rand_vec(c_mid, &mut sd));
-            let (dw, db) = (rand_vec(c_mid * 9, &mut sd), rand_vec(c_mid, &mut sd));
-            let (pw, pb) = (rand_vec(c_out * c_mid, &mut sd), rand_vec(c_out, &mut sd));
-            let residual = stride == 1 && c_in == c_out;
-            let blk = InvertedResidual {
-                c_in,
-                c_mid,
-                c_out,
-                h,
-                w: h,
-                expand: Some(Pointwise { w: &ew, b: Some(&eb), ep: relu6 }),
-                stem: None,
-                dw_w: &dw,
-                dw_b: Some(&db),
-                dw_ep: relu6,
-                stride,
-                project: Pointwise { w: &pw, b: Some(&pb), ep: Epilogue::None },
-                after: if residual { Epilogue::Relu } else { Epilogue::None },
-            };
-            assert!(blk.by_channels());
-            assert_eq!(blk.applies(), h * h >= MIN_OUT_PIXELS, "applies to 14×14 → 7×7 only");
-            let m = mismatch_with(&blk, n, &xw, residual, &mut sd, forward_by_channels);
-            assert!(m.is_none(), "{c_in}→{c_mid}→{c_out} at {h}×{h}: {}", m.unwrap_or_default());
-        }
-        // One thread: the 576-channel stride-2 block in several parts (its 14×14 expanded planes
-        // exceed one part's budget).
-        let pool = rayon::ThreadPoolBuilder::new().num_threads(1).build().expect("a one-thread pool");
-        let (c_in, c_mid, c_out) = (96, 576, 160);
-        let mut sd = 5;
-        let (xw, ew, dw, pw) = (
-            rand_vec(c_in * 196, &mut sd),
-            rand_vec(c_mid * c_in, &mut sd),
-            rand_vec(c_mid * 9, &mut sd),
-            rand_vec(c_out * c_mid, &mut sd),
-        );
+    /// A block split by expanded channels, with its 1×1 weights packed as the caller keeps
+    /// them, against the layers: `forward` (which must take the split) on a pool of `threads`.
+    #[allow(clippy::too_many_arguments)] // the block's shape, activations and the run
+    fn split_mismatch(
+        (c_in, c_mid, c_out, h, w, stride): (usize, usize, usize, usize, usize, usize),
+        n: usize,
+        residual: bool,
+        ep: Epilogue,
+        after: Epilogue,
+        threads: usize,
+        seed: u64,
+    ) -> Option<String> {
+        let mut sd = seed;
+        let (xw, ew, eb) = (rand_vec(n * c_in * h * w, &mut sd), rand_vec(c_mid * c_in, &mut sd), rand_vec(c_mid, &mut sd));
+        let (dw, db) = (rand_vec(c_mid * 9, &mut sd), rand_vec(c_mid, &mut sd));
+        let (pw, pb) = (rand_vec(c_out * c_mid, &mut sd), rand_vec(c_out, &mut sd));
+        let (pe, pp) = (PackedA::new(MatRef::row_major(&ew, c_mid, c_in)), PackedA::new(MatRef::row_major(&pw, c_out, c_mid)));
         let blk = InvertedResidual {
             c_in,
             c_mid,
             c_out,
-            h: 14,
-            w: 14,
-            expand: Some(Pointwise { w: &ew, b: None, ep: Epilogue::Relu }),
+            h,
+            w,
+            expand: Some(Pointwise { w: &ew, b: Some(&eb), ep }),
             stem: None,
             dw_w: &dw,
-            dw_b: None,
-            dw_ep: Epilogue::None,
-            stride: 2,
-            project: Pointwise { w: &pw, b: None, ep: Epilogue::Relu },
-            after: Epilogue::None,
+            dw_b: Some(&db),
+            dw_ep: ep,
+            stride,
+            project: Pointwise { w: &pw, b: Some(&pb), ep },
+            after: if residual { after } else { Epilogue::None },
+            packed: Some(PackedWeights { expand: &pe, project: &pp }),
         };
-        assert!(blk.channel_parts(1) > 1, "{}", blk.channel_parts(1));
-        let m = pool.install(|| mismatch(&blk, 1, &xw, false, &mut sd));
-        assert!(m.is_none(), "one thread: {}", m.unwrap_or_default());
+        assert!(blk.by_channels() && blk.applies(), "{c_in}→{c_mid}→{c_out} at {h}×{w} s{stride}");
+        assert!(!InvertedResidual { packed: None, ..blk }.applies(), "a split without packed weights");
+        let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().expect("a pool");
+        pool.install(|| mismatch(&blk, n, &xw, residual, &mut sd))
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(24))]
+        /// Planes under MIN_OUT_PIXELS split by channels: channel counts off the panels' 32,
+        /// parts over one to three threads, batches, stride 1 and 2, activations, residual.
+        #[test]
+        fn channel_split_matches_layers(
+            c_in in 1usize..40, c_mid in 1usize..300, c_out in 1usize..70, h in 1usize..14, w in 1usize..14,
+            stride in 1usize..3, n in 1usize..3, threads in 1usize..4, residual: bool, acts in 0usize..9, seed in 0u64..10_000,
+        ) {
+            prop_assume!(crate::packed::available());
+            let (c_out, stride) = if residual { (c_in, 1) } else { (c_out, stride) };
+            let eps = [Epilogue::None, Epilogue::Relu, Epilogue::Clamp(0.0, 6.0)];
+            let m = split_mismatch((c_in, c_mid, c_out, h, w, stride), n, residual, eps[acts % 3], eps[acts / 3], threads, seed);
+            prop_assert!(m.is_none(), "{}", m.unwrap_or_default());
+        }
+    }
+
+    /// MobileNetV2's blocks that split by channels (96→576→160 stride 2 from 14×14, the 7×7
+    /// 160→960→160 with its residual and 160→960→320), and a block whose expansion and parts
+    /// run past one K block of the packed GEMM (C_in 200; parts of 256 channels), on one and
+    /// two threads.
+    #[test]
+    fn channel_split_network_blocks_match_layers() {
+        if !crate::packed::available() {
+            return;
+        }
+        let relu6 = Epilogue::Clamp(0.0, 6.0);
+        for (shape, residual) in [
+            ((96, 576, 160, 14, 14, 2), false),
+            ((160, 960, 160, 7, 7, 1), true),
+            ((160, 960, 320, 7, 7, 1), false),
+            ((200, 1000, 40, 5, 6, 1), false),
+        ] {
+            for threads in [1, 2] {
+                let m = split_mismatch(shape, 1, residual, relu6, Epilogue::None, threads, 3);
+                assert!(m.is_none(), "{shape:?} on {threads} threads: {}", m.unwrap_or_default());
+            }
+        }
     }
 
     /// Small strips: a block whose strip is one or two rows, so the window moves every row.
@@ -729,6 +790,7 @@ mod tests {
                 stride,
                 project: Pointwise { w: &pw, b: None, ep: Epilogue::None },
                 after: Epilogue::None,
+                packed: None,
             };
             assert!(blk.strip_rows() <= 2, "{}", blk.strip_rows());
             let m = mismatch(&blk, 1, &xw, false, &mut sd);

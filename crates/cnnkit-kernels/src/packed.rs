@@ -254,40 +254,23 @@ pub fn gemm_bias_act_b_in_place(
     let run = |t: usize| {
         let (p, g) = (t / groups, t % groups);
         let (c0, c1) = (g * cols, ((g + 1) * cols).min(n));
-        with_local((c1 - c0) * MR, |ct| {
-            #[cfg(target_arch = "x86_64")]
-            for k0 in (0..k).step_by(KC) {
-                let kb = KC.min(k - k0);
-                let a = &pa.panel(p)[k0 * MR..];
-                for j0 in (c0..c1).step_by(NR) {
-                    let w = NR.min(c1 - j0);
-                    // The next panel's block follows this panel (see `PackedA::panel`).
-                    let pf = if j0 == c0 { a.as_ptr().wrapping_add(k * MR) } else { a.as_ptr() };
-                    // SAFETY: AVX-512 checked above; a holds kb·MR values; B's rows k0 ..
-                    // k0 + kb hold columns j0 .. j0 + w (asserted above); ct holds (c1 − c0)·MR.
-                    unsafe {
-                        micro_dispatch(
-                            w,
-                            kb,
-                            a.as_ptr(),
-                            b.as_ptr().add(k0 * ldb + j0),
-                            ldb,
-                            ct.as_mut_ptr().add((j0 - c0) * MR),
-                            MR,
-                            k0 > 0,
-                            pf,
-                        )
-                    }
-                }
-            }
-            // SAFETY: AVX-512 checked above; ct holds (c1 − c0)·MR values; columns c0 .. c1
-            // of rows p·MR .. p·MR + rows lie inside y (asserted above), and only this task
-            // writes them; bias holds m values.
-            #[cfg(target_arch = "x86_64")]
-            unsafe {
-                store_transposed(ct, c1 - c0, MR.min(m - p * MR), bias.map(|b| b[p * MR..].as_ptr()), ep, yp.get().add(p * MR * n + c0), n)
-            };
-        })
+        // SAFETY: AVX-512 checked above; B's rows hold columns c0 .. c1 (asserted above);
+        // columns c0 .. c1 of rows p·MR .. p·MR + MR (within M) lie inside y, and only this
+        // task writes them; bias holds m values.
+        unsafe {
+            panel_b_in_place(
+                pa,
+                p,
+                0..k,
+                b.as_ptr().add(c0),
+                ldb,
+                c1 - c0,
+                bias.map(|b| b[p * MR..].as_ptr()),
+                ep,
+                yp.get().add(p * MR * n + c0),
+                n,
+            )
+        }
     };
     let tasks = pa.panels() * groups;
     if parallel && crate::num_threads() > 1 && tasks > 1 {
@@ -295,6 +278,65 @@ pub fn gemm_bias_act_b_in_place(
     } else {
         (0..tasks).for_each(run);
     }
+}
+
+/// Rows p·MR .. p·MR + MR (those below M) of y = ep(A[:, ks] · B + bias) for one panel p of
+/// `pa` and the K range `ks`: y[r·ldy + j] for j < cols, from B read in place (row k − ks.start
+/// at `b[(k − ks.start)·ldb ..]`). `bias` points at the panel's first row's bias. The building
+/// block of [`gemm_bias_act_b_in_place`] and of the fused blocks split by channels
+/// (`crate::fused`), whose parts multiply a range of the projection's K.
+///
+/// # Safety
+/// [`available`]; ks ⊆ 0..pa.k; B's rows hold `cols` floats each; y's rows (ldy apart) hold
+/// `cols` floats each and are not accessed by anyone else during the call; bias, when given,
+/// holds the panel's rows.
+#[allow(clippy::too_many_arguments)] // the panel, its K range, B, the epilogue and y
+pub unsafe fn panel_b_in_place(
+    pa: &PackedA,
+    p: usize,
+    ks: std::ops::Range<usize>,
+    b: *const f32,
+    ldb: usize,
+    cols: usize,
+    bias: Option<*const f32>,
+    ep: Epilogue,
+    y: *mut f32,
+    ldy: usize,
+) {
+    debug_assert!(ks.end <= pa.k && p < pa.panels());
+    let rows = MR.min(pa.m - p * MR);
+    with_local(cols * MR, |ct| {
+        #[cfg(target_arch = "x86_64")]
+        for k0 in ks.clone().step_by(KC) {
+            let kb = KC.min(ks.end - k0);
+            let a = &pa.panel(p)[k0 * MR..];
+            for j0 in (0..cols).step_by(NR) {
+                let w = NR.min(cols - j0);
+                // The next panel's block follows this panel (see `PackedA::panel`).
+                let pf = if j0 == 0 { a.as_ptr().wrapping_add(pa.k * MR) } else { a.as_ptr() };
+                // SAFETY: AVX-512 (the caller's promise); a holds kb·MR values; B's rows
+                // k0 − ks.start .. + kb hold columns j0 .. j0 + w; ct holds cols·MR.
+                unsafe {
+                    micro_dispatch(
+                        w,
+                        kb,
+                        a.as_ptr(),
+                        b.add((k0 - ks.start) * ldb + j0),
+                        ldb,
+                        ct.as_mut_ptr().add(j0 * MR),
+                        MR,
+                        k0 > ks.start,
+                        pf,
+                    )
+                }
+            }
+        }
+        // SAFETY: ct holds cols·MR values; y's rows are the caller's (see above).
+        #[cfg(target_arch = "x86_64")]
+        unsafe {
+            store_transposed(ct, cols, rows, bias, ep, y, ldy)
+        };
+    })
 }
 
 thread_local! {
