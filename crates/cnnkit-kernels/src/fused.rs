@@ -15,9 +15,9 @@
 //! stem's output rows are then made in the window like expanded rows (gathered taps and the
 //! pointwise kernel, as `crate::direct` does), and its 32×112×112 output never reaches memory.
 //!
-//! Blocks whose output plane is under [`MIN_OUT_PIXELS`] (7×7) split by expanded channels
-//! instead, on the 1×1 weights packed by the caller ([`PackedWeights`]; see the notes at
-//! [`MIN_OUT_PIXELS`]).
+//! Blocks whose output plane has at most [`SPLIT_MAX_PIXELS`] (14×14) split by expanded
+//! channels instead, on the 1×1 weights packed by the caller ([`PackedWeights`]; see the
+//! notes at [`SPLIT_MAX_PIXELS`]).
 //!
 //! f32 with AVX-512 (the depthwise strip kernel); [`InvertedResidual::applies`] says when.
 
@@ -105,30 +105,34 @@ pub struct InvertedResidual<'a> {
     pub packed: Option<PackedWeights<'a>>,
 }
 
-/// Fewest output pixels per image, and most expanded channels, for the block split by output
-/// rows (smaller planes split by channels, see below). Measured
-/// on two threads against the layers run one by one (`examples/fused_block.rs`, both on the
-/// pointwise and column-walking depthwise kernels), MobileNetV2's blocks gain down to 14×14
-/// (64→384→64: 0.138 → 0.117 ms; 96→576→160 s2: 0.224 → 0.191; 96→576→96 a tie, 0.266 →
-/// 0.270) but lose at 7×7 with 960 (160→960→160: 0.243 → 0.269): a strip of a few 7-pixel
-/// rows is a narrow product with a long K, where the layer-wise kernels see the whole plane.
-/// (Strips of equal height with a 640 KiB budget made the whole network 2–3% slower.)
-pub const MIN_OUT_PIXELS: usize = 14 * 14;
+/// Most output pixels per image of a block split by expanded channels (below), and fewest of
+/// one split by output rows, which also takes at most [`MAX_MID_CHANNELS`] expanded channels.
+/// By rows, measured on two threads against the layers run one by one
+/// (`examples/fused_block.rs`), MobileNetV2's blocks gained down to 14×14 (64→384→64: 0.138 →
+/// 0.117 ms; 96→576→96 a tie) but lost at 7×7 with 960 channels: a strip of a few 7-pixel rows
+/// is a narrow product with a long K. (Strips of equal height with a 640 KiB budget made the
+/// whole network 2–3% slower.)
+pub const SPLIT_MAX_PIXELS: usize = 14 * 14;
 pub const MAX_MID_CHANNELS: usize = 576;
 
-// An output plane below MIN_OUT_PIXELS (MobileNetV2's 7×7 blocks, and the stride-2 block
-// 96→576→160 from 14×14) is split by expanded channels instead of rows: each part expands its
-// channels over the whole plane into L2, runs their depthwise filters, and projects them into
-// a partial output (the projection's sum over its channel range); the partials are summed,
-// with bias, activations and residual, once all parts are done. No row is expanded twice and
-// the expanded activations never reach memory. Both 1×1 products run on `crate::packed`
-// (vectorised along channels, weights packed once by the caller): the pointwise kernel
+// An output plane of at most SPLIT_MAX_PIXELS (MobileNetV2's blocks on 14×14 and 7×7 planes)
+// is split by expanded channels instead of rows: each part expands its channels over the whole
+// plane into L2, runs their depthwise filters, and projects them into a partial output (the
+// projection's sum over its channel range); the partials are summed, with bias, activations
+// and residual, once all parts are done. No row is expanded twice (split by rows on two
+// threads, a 14×14 block expands 16 rows for its 14) and the expanded activations never reach
+// memory. Both 1×1 products run on `crate::packed` (vectorised along channels, weights packed
+// once by the caller; a 14-pixel row is one of its 14-column panels): the pointwise kernel
 // vectorises along pixels and fills 64 lanes with a 7×7 plane's 49 (960→320 ran 0.37 → 0.43 ms
-// fused on it, so these blocks had stayed layer by layer). On the packed weights, in the
-// network (MobileNetV2 at batch 1, two threads, per block, ORT-interleaved sittings):
-// 160→960→160 0.25–0.34 → 0.21–0.23 ms, 160→960→320 0.33–0.40 → 0.30–0.32. Timed hot in a
-// loop (`examples/fused_block.rs`) split and layers tie: what the split saves is the Add
-// node and the expanded activations and weights each layer would fetch again from L3.
+// fused on it, so the 7×7 blocks had stayed layer by layer). In the network (MobileNetV2 at
+// batch 1, two threads, per block, medians of sittings with ONNX Runtime interleaved):
+// 64→384→64 at 14×14 0.14–0.17 → 0.13–0.15 ms by rows → by channels, 96→576→96 0.30–0.35 →
+// 0.27–0.30; layer by layer → by channels 160→960→160 0.25–0.34 → 0.20–0.23, 160→960→320
+// 0.33–0.40 → 0.28–0.32. At 28×28 the split lost (32→192→32 0.14–0.17 → 0.22–0.26: three
+// parts of 64 channels for two threads, and 0.6 MB of window per part). Timed hot in a loop
+// (`examples/fused_block.rs`) the split and the layers tie: what the split saves is the Add
+// node, the rows expanded twice, and the expanded activations and weights each layer would
+// fetch again from L3.
 
 /// Floats of L2 a strip's window and depthwise output may take (512 KiB of Zen 4's 1 MiB).
 const STRIP_FLOATS: usize = 128 << 10;
@@ -145,9 +149,9 @@ impl InvertedResidual<'_> {
     }
 
     /// True when [`forward`] runs this block: stride 1 or 2, an output plane of at least
-    /// [`MIN_OUT_PIXELS`] with at most [`MAX_MID_CHANNELS`] expanded channels (split by rows),
-    /// or a smaller one with an expansion and the packed weights, without a stem (split by
-    /// channels), operands of the stated sizes, on a CPU with AVX-512.
+    /// [`SPLIT_MAX_PIXELS`] with at most [`MAX_MID_CHANNELS`] expanded channels (split by
+    /// rows), or one of at most that many with an expansion and the packed weights, without a
+    /// stem (split by channels), operands of the stated sizes, on a CPU with AVX-512.
     pub fn applies(&self) -> bool {
         let (oh, ow) = if self.h > 0 && self.w > 0 && self.stride > 0 { self.out_hw() } else { (0, 0) };
         let sized = |p: &Pointwise, m: usize, k: usize| p.w.len() == m * k && p.b.is_none_or(|b| b.len() == m);
@@ -164,7 +168,7 @@ impl InvertedResidual<'_> {
                 .packed
                 .is_some_and(|p| (p.expand.m, p.expand.k, p.project.m, p.project.k) == (self.c_mid, self.c_in, self.c_out, self.c_mid));
         (self.stride == 1 || self.stride == 2)
-            && ((oh * ow >= MIN_OUT_PIXELS && self.c_mid <= MAX_MID_CHANNELS) || (self.by_channels() && packed_ok))
+            && (if self.by_channels() { packed_ok } else { oh * ow >= SPLIT_MAX_PIXELS && self.c_mid <= MAX_MID_CHANNELS })
             && self.c_in > 0
             && self.c_mid > 0
             && self.c_out > 0
@@ -176,12 +180,12 @@ impl InvertedResidual<'_> {
             && available()
     }
 
-    /// True when [`forward`] splits the block by expanded channels (an output plane under
-    /// [`MIN_OUT_PIXELS`], no stem) rather than by output rows: it then needs
+    /// True when [`forward`] splits the block by expanded channels (an output plane of at most
+    /// [`SPLIT_MAX_PIXELS`], no stem) rather than by output rows: it then needs
     /// [`InvertedResidual::packed`].
     pub fn by_channels(&self) -> bool {
         let (oh, ow) = if self.h > 0 && self.w > 0 && self.stride > 0 { self.out_hw() } else { (0, 0) };
-        oh * ow < MIN_OUT_PIXELS && self.stem.is_none()
+        oh * ow <= SPLIT_MAX_PIXELS && self.stem.is_none()
     }
 
     /// Expanded channels per part when split by channels on `t` threads: whole panels of
@@ -219,8 +223,8 @@ impl InvertedResidual<'_> {
 /// Runs the block on `n` images. x: (N, C_in, H, W), or with a stem the image; residual:
 /// (N, C_out, OH, OW) when the block adds one; y: (N, C_out, OH, OW) (overwritten). Each image's output rows split into
 /// one contiguous range per thread (fewer ranges per image when the batch is larger), so a
-/// range's strips share their window and only range boundaries expand rows twice; planes
-/// under [`MIN_OUT_PIXELS`] split by expanded channels instead ([`forward_by_channels`]).
+/// range's strips share their window and only range boundaries expand rows twice; planes of
+/// at most [`SPLIT_MAX_PIXELS`] split by expanded channels instead ([`forward_by_channels`]).
 /// Panics unless [`InvertedResidual::applies`] and the slices have those sizes.
 pub fn forward(blk: &InvertedResidual, n: usize, x: &[f32], residual: Option<&[f32]>, y: &mut [f32]) {
     assert!(blk.applies(), "fused inverted residual: unsupported block");
@@ -727,11 +731,11 @@ mod tests {
 
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(24))]
-        /// Planes under MIN_OUT_PIXELS split by channels: channel counts off the panels' 32,
+        /// Planes of at most SPLIT_MAX_PIXELS split by channels: channel counts off the panels' 32,
         /// parts over one to three threads, batches, stride 1 and 2, activations, residual.
         #[test]
         fn channel_split_matches_layers(
-            c_in in 1usize..40, c_mid in 1usize..300, c_out in 1usize..70, h in 1usize..14, w in 1usize..14,
+            c_in in 1usize..40, c_mid in 1usize..300, c_out in 1usize..70, h in 1usize..15, w in 1usize..15,
             stride in 1usize..3, n in 1usize..3, threads in 1usize..4, residual: bool, acts in 0usize..9, seed in 0u64..10_000,
         ) {
             prop_assume!(crate::packed::available());

@@ -70,7 +70,7 @@ graph_tests!(
 
 /// MobileNetV2's and ShuffleNetV2's blocks run as one fused kernel in the planned graph
 /// (`cnnkit_kernels::fused`) where their planes allow, and compute what the unfused graph
-/// computes. At 128×128 input the blocks whose output plane has ≥ 196 pixels fuse split by
+/// computes. At 128×128 input the blocks whose output plane has over 196 pixels fuse split by
 /// rows (MobileNetV2's first with the stem convolution before it; ShuffleNetV2's stage-2
 /// branches, pw → dw → pw and the downsampling unit's dw → pw), and the blocks with an
 /// expansion on smaller planes split by expanded channels: all 17 of MobileNetV2's; 17 of
