@@ -223,7 +223,8 @@ impl InvertedResidual<'_> {
 /// Runs the block on `n` images. x: (N, C_in, H, W), or with a stem the image; residual:
 /// (N, C_out, OH, OW) when the block adds one; y: (N, C_out, OH, OW) (overwritten). Each image's output rows split into
 /// one contiguous range per thread (fewer ranges per image when the batch is larger), so a
-/// range's strips share their window and only range boundaries expand rows twice; planes of
+/// range's strips share their window and only range boundaries expand rows twice; a thread
+/// that finishes its range early takes rows from the back of another's; planes of
 /// at most [`SPLIT_MAX_PIXELS`] split by expanded channels instead ([`forward_by_channels`]).
 /// Panics unless [`InvertedResidual::applies`] and the slices have those sizes.
 pub fn forward(blk: &InvertedResidual, n: usize, x: &[f32], residual: Option<&[f32]>, y: &mut [f32]) {
@@ -237,24 +238,83 @@ pub fn forward(blk: &InvertedResidual, n: usize, x: &[f32], residual: Option<&[f
     let t = crate::num_threads();
     let ranges = t.div_ceil(n.max(1)).min(oh).max(1);
     let per = oh.div_ceil(ranges);
+    let units = n * ranges;
+    // Each unit's rows not yet claimed: its owner claims strips from the front, and a thread
+    // done with its own unit takes the back half of another's (see `Rows`).
+    let claims: Vec<Rows> = (0..units).map(|u| Rows::new((u % ranges) * per, ((u % ranges + 1) * per).min(oh))).collect();
     let yp = SyncPtr(y.as_mut_ptr());
+    let image = |u: usize| {
+        let i = u / ranges;
+        (&x[i * x_img..][..x_img], residual.map(|r| &r[i * y_img..][..y_img]), i * y_img)
+    };
     let run = |u: usize| {
-        let (i, r) = (u / ranges, u % ranges);
-        let (o0, o1) = (r * per, ((r + 1) * per).min(oh));
-        if o0 >= o1 {
+        let (xi, res, yo) = image(u);
+        // SAFETY: image u / ranges's output rows claimed from this unit (in every channel)
+        // are written by the claimant only; y holds n images (asserted above).
+        unsafe { rows(blk, xi, res, yp.get().add(yo), claims[u].whole(), Some(&claims[u])) };
+        if t == 1 {
             return;
         }
-        let xi = &x[i * x_img..][..x_img];
-        let res = residual.map(|r| &r[i * y_img..][..y_img]);
-        // SAFETY: image i's output rows o0 .. o1 (in every channel) are written by this unit
-        // only; y holds n images (asserted above).
-        unsafe { rows(blk, xi, res, yp.get().add(i * y_img), o0..o1) };
+        // Rows a slower thread has not reached: the back half of another unit's unclaimed
+        // rows, while that is worth a window of its own (its first strip's halo rows are
+        // expanded again). On a shared VM one vCPU often runs slower than the other: with
+        // fixed halves the faster thread waited 3–6% of MobileNetV2's 112×112 and 56×56 blocks.
+        while let Some((v, stolen)) = (0..units).filter_map(|v| claims[v].steal(STEAL_MIN_ROWS).map(|r| (v, r))).next() {
+            let (xv, rv, yo) = image(v);
+            // SAFETY: as above; the stolen rows are this thread's alone.
+            unsafe { rows(blk, xv, rv, yp.get().add(yo), stolen, None) };
+        }
     };
-    let units = n * ranges;
     if t > 1 && units > 1 {
         (0..units).into_par_iter().for_each(run);
     } else {
         (0..units).for_each(run);
+    }
+}
+
+/// Fewest unclaimed rows a thread takes from another's unit (half of them, from the back).
+const STEAL_MIN_ROWS: usize = 4;
+
+/// The output rows of one unit of [`forward`] not yet claimed, `next .. end`, packed into one
+/// atomic word so that the owner (advancing `next` strip by strip) and a thief (lowering
+/// `end`) never claim the same row.
+struct Rows {
+    range: std::sync::atomic::AtomicU64,
+    whole: std::ops::Range<usize>,
+}
+
+impl Rows {
+    fn new(start: usize, end: usize) -> Rows {
+        Rows { range: std::sync::atomic::AtomicU64::new(Self::pack(start, end)), whole: start..end }
+    }
+    fn pack(next: usize, end: usize) -> u64 {
+        ((next as u64) << 32) | end as u64
+    }
+    /// The unit's rows as first assigned.
+    fn whole(&self) -> std::ops::Range<usize> {
+        self.whole.clone()
+    }
+    /// Claims up to `r` rows from the front.
+    fn claim(&self, r: usize) -> Option<std::ops::Range<usize>> {
+        self.update(|next, end| (next < end).then(|| (next..(next + r).min(end), Self::pack((next + r).min(end), end))))
+    }
+    /// Claims the back half of the unclaimed rows when at least `min` are left.
+    fn steal(&self, min: usize) -> Option<std::ops::Range<usize>> {
+        self.update(|next, end| {
+            let cut = end - (end - next).div_ceil(2);
+            (end >= next + min).then(|| (cut..end, Self::pack(next, cut)))
+        })
+    }
+    fn update(&self, f: impl Fn(usize, usize) -> Option<(std::ops::Range<usize>, u64)>) -> Option<std::ops::Range<usize>> {
+        use std::sync::atomic::Ordering::{AcqRel, Acquire};
+        let mut cur = self.range.load(Acquire);
+        loop {
+            let (rows, new) = f((cur >> 32) as usize, (cur & 0xffff_ffff) as usize)?;
+            match self.range.compare_exchange_weak(cur, new, AcqRel, Acquire) {
+                Ok(_) => return Some(rows),
+                Err(now) => cur = now,
+            }
+        }
     }
 }
 
@@ -396,13 +456,21 @@ enum Fill<'b, 'a> {
     Stem(&'b Stem<'a>),
 }
 
-/// Output rows `out_rows` of one image, strip by strip. x: (C_in, H, W) (with a stem: the
-/// image); residual and y: (C_out, OH, OW).
+/// Output rows `out_rows` of one image, strip by strip; with `claims`, only the strips this
+/// call claims from them (`out_rows` is then the unit's whole range, which sizes the strips).
+/// x: (C_in, H, W) (with a stem: the image); residual and y: (C_out, OH, OW).
 ///
 /// # Safety
-/// `y` points at the image's output; rows `out_rows` of every channel are not accessed by
-/// anyone else during the call. The CPU supports AVX-512F.
-unsafe fn rows(blk: &InvertedResidual, x: &[f32], residual: Option<&[f32]>, y: *mut f32, out_rows: std::ops::Range<usize>) {
+/// `y` points at the image's output; the rows this call writes (`out_rows`, or those it
+/// claims) are not accessed by anyone else during the call. The CPU supports AVX-512F.
+unsafe fn rows(
+    blk: &InvertedResidual,
+    x: &[f32],
+    residual: Option<&[f32]>,
+    y: *mut f32,
+    out_rows: std::ops::Range<usize>,
+    claims: Option<&Rows>,
+) {
     let (h, wd, s) = (blk.h, blk.w, blk.stride);
     let (oh, ow) = blk.out_hw();
     let (c_mid, plane, oplane) = (blk.c_mid, h * wd, oh * ow);
@@ -429,8 +497,13 @@ unsafe fn rows(blk: &InvertedResidual, x: &[f32], residual: Option<&[f32]>, y: *
         let (dwo, taps) = rest.split_at_mut(c_mid * r_max * ow);
         // Expanded rows e_lo .. e_hi are held in the window, row e at win[c·cap·W + (e − e_lo)·W].
         let (mut e_lo, mut e_hi) = (0usize, 0usize);
-        for o0 in out_rows.clone().step_by(r_max) {
-            let o1 = (o0 + r_max).min(out_rows.end);
+        // Strips in order: claimed one by one from the unit (rows may be taken from its back
+        // meanwhile), or the whole range.
+        let mut fixed = out_rows.clone().step_by(r_max);
+        while let Some((o0, o1)) = match claims {
+            Some(c) => c.claim(r_max).map(|r| (r.start, r.end)),
+            None => fixed.next().map(|o0| (o0, (o0 + r_max).min(out_rows.end))),
+        } {
             // Input rows the strip's taps read: S·o0 − 1 ..= S·(o1 − 1) + 1, inside the plane.
             let (lo, hi) = ((s * o0).saturating_sub(1), (s * (o1 - 1) + 2).min(h));
             // The strip's depthwise input: channel c's rows from `lo`, `ld` floats apart.
@@ -766,6 +839,81 @@ mod tests {
                 let m = split_mismatch(shape, 1, residual, relu6, Epilogue::None, threads, 3);
                 assert!(m.is_none(), "{shape:?} on {threads} threads: {}", m.unwrap_or_default());
             }
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+        /// Any interleaving of an owner's claims and thieves' steals hands out every row of the
+        /// unit exactly once.
+        #[test]
+        fn claims_and_steals_cover_each_row_once(start in 0usize..50, len in 0usize..200, ops in proptest::collection::vec((any::<bool>(), 1usize..9), 0..60)) {
+            let rows = Rows::new(start, start + len);
+            let mut got = vec![0u32; start + len];
+            let mut take = |r: std::ops::Range<usize>| r.for_each(|i| got[i] += 1);
+            for (steal, k) in ops {
+                if steal {
+                    if let Some(r) = rows.steal(k) {
+                        prop_assert!(r.len() >= k / 2 && !r.is_empty());
+                        take(r);
+                    }
+                } else if let Some(r) = rows.claim(k) {
+                    prop_assert!(r.len() <= k && !r.is_empty());
+                    take(r);
+                }
+            }
+            while let Some(r) = rows.claim(3) {
+                take(r);
+            }
+            prop_assert!(rows.steal(1).is_none());
+            prop_assert!(got[start..].iter().all(|&c| c == 1) && got[..start].iter().all(|&c| c == 0), "{got:?}");
+        }
+    }
+
+    /// A unit whose back rows another thread took ([`Rows::steal`]): the owner's claimed strips
+    /// and the stolen range together write every row once, as the layers compute it.
+    #[test]
+    fn stolen_rows_match_layers() {
+        if !crate::packed::available() {
+            return;
+        }
+        fn owner_and_thief(blk: &InvertedResidual, _n: usize, x: &[f32], residual: Option<&[f32]>, y: &mut [f32]) {
+            let (oh, _) = blk.out_hw();
+            let claims = Rows::new(0, oh);
+            let first = claims.claim(3).expect("rows to claim");
+            let stolen = claims.steal(STEAL_MIN_ROWS).expect("rows to steal");
+            assert!(first.end <= stolen.start && stolen.end == oh && claims.steal(oh).is_none());
+            // SAFETY: AVX-512F checked; the owner writes rows 0 .. stolen.start (the strip
+            // claimed above is written again, identically), the thief the rest.
+            unsafe {
+                rows(blk, x, residual, y.as_mut_ptr(), 0..oh, Some(&Rows::new(0, stolen.start)));
+                rows(blk, x, residual, y.as_mut_ptr(), stolen, None);
+            }
+        }
+        for (stride, expand) in [(1, true), (2, true), (1, false)] {
+            let (c_in, c_out, h, w) = (8, 8, 41, 23);
+            let c_mid = if expand { 48 } else { c_in };
+            let mut sd = 9;
+            let (xw, ew) = (rand_vec(c_in * h * w, &mut sd), rand_vec(c_mid * c_in, &mut sd));
+            let (dw, pw) = (rand_vec(c_mid * 9, &mut sd), rand_vec(c_out * c_mid, &mut sd));
+            let blk = InvertedResidual {
+                c_in,
+                c_mid,
+                c_out,
+                h,
+                w,
+                expand: expand.then_some(Pointwise { w: &ew, b: None, ep: Epilogue::Relu }),
+                stem: None,
+                dw_w: &dw,
+                dw_b: None,
+                dw_ep: Epilogue::Clamp(0.0, 6.0),
+                stride,
+                project: Pointwise { w: &pw, b: None, ep: Epilogue::None },
+                after: if stride == 1 { Epilogue::Relu } else { Epilogue::None },
+                packed: None,
+            };
+            let m = mismatch_with(&blk, 1, &xw, stride == 1, &mut sd, owner_and_thief);
+            assert!(m.is_none(), "stride {stride}: {}", m.unwrap_or_default());
         }
     }
 
