@@ -269,6 +269,38 @@ impl Tensor {
         Ok(Tensor::from_storage(s, self.shape()))
     }
 
+    /// `self = act(self + other)` in place, in one pass: the inference executor's residual Add
+    /// on a convolution's fresh output (ResNet's blocks), which then needs no third tensor.
+    /// Returns `Ok(false)` and leaves `self` alone where it does not apply: autograd recording,
+    /// other shapes or dtypes, a non-float or non-contiguous `self`, or `other` sharing its
+    /// storage. Any other tensor viewing `self`'s storage sees the change (the caller owns it).
+    pub fn add_act_(&self, other: &Tensor, act: conv::Epilogue) -> Result<bool> {
+        let recording = crate::grad_mode::is_grad_enabled() && (self.requires_grad() || other.requires_grad());
+        if recording
+            || self.shape() != other.shape()
+            || self.dtype() != other.dtype()
+            || !self.dtype().is_float()
+            || !self.is_contiguous()
+            || std::sync::Arc::ptr_eq(&self.0.storage, &other.0.storage)
+        {
+            return Ok(false);
+        }
+        float_dispatch!("add_act_", self.dtype(), T => {
+            other.with_data(|b: &[T]| {
+                self.update_data(|a: &mut [T]| {
+                    const CHUNK: usize = cnnkit_kernels::simd::CHUNK;
+                    a.par_chunks_mut(CHUNK).zip(b.par_chunks(CHUNK)).for_each(|(ao, bi)| {
+                        cnnkit_kernels::simd::with_best_isa(|| {
+                            ao.iter_mut().zip(bi).for_each(|(o, &q)| *o += q);
+                            act.apply(ao);
+                        })
+                    });
+                })
+            })??
+        });
+        Ok(true)
+    }
+
     /// `F.conv2d` with nn.Conv2d's `padding_mode` (reflect/replicate/circular pad first).
     pub fn conv2d_padded(&self, w: &Tensor, b: Option<&Tensor>, args: Conv2dArgs, mode: PadMode) -> Result<Tensor> {
         if mode == PadMode::Constant || args.padding == (0, 0) {

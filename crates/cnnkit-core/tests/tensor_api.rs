@@ -242,3 +242,25 @@ fn fused_add_activation_matches_the_separate_ops() {
     let row = Tensor::randn(&[90], DType::F32);
     assert!(same(v(&a.add_act(&row, Epilogue::Relu).unwrap()), v(&a.add(&row).unwrap().relu().unwrap())));
 }
+
+/// `add_act_` (the executor's residual Add in place) writes `act(self + other)` into self, bit
+/// for bit the separate ops, and declines what it does not handle, leaving self alone.
+#[test]
+fn in_place_add_activation_matches_the_separate_ops() {
+    use cnnkit_kernels::conv::Epilogue;
+    let a = Tensor::randn(&[2, 3, 70, 90], DType::F32).mul_scalar(3.0).unwrap();
+    let b = Tensor::randn(&[2, 3, 70, 90], DType::F32);
+    let want = v(&a.add(&b).unwrap().clamp(Some(-1.0), Some(6.0)).unwrap());
+    let y = a.mul_scalar(1.0).unwrap();
+    let _ng = no_grad();
+    assert!(y.add_act_(&b, Epilogue::Clamp(-1.0, 6.0)).unwrap());
+    assert_eq!(v(&y), want);
+    // Declined: a broadcast, another dtype, a non-contiguous self, self's own storage.
+    let before = v(&y);
+    assert!(!y.add_act_(&Tensor::randn(&[90], DType::F32), Epilogue::Relu).unwrap());
+    assert!(!y.add_act_(&b.to_dtype(DType::F64).unwrap(), Epilogue::Relu).unwrap());
+    let t = Tensor::randn(&[90, 70], DType::F32).transpose(0, 1).unwrap();
+    assert!(!t.add_act_(&Tensor::randn(&[70, 90], DType::F32), Epilogue::None).unwrap());
+    assert!(!y.add_act_(&y, Epilogue::None).unwrap());
+    assert_eq!(v(&y), before);
+}

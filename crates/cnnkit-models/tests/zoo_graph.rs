@@ -129,3 +129,28 @@ fn resnet_stem_runs_conv_and_pool_fused() {
         }
     }
 }
+
+/// ResNet's residual Adds (and the ReLU after each) run in place on the output of the
+/// convolution feeding them (`fuse::residual_adds`: the block's second or third convolution,
+/// or the downsampling one where it comes last), so no Add node runs on its own, and the
+/// result is the eval-mode forward's.
+#[test]
+fn resnet_residual_adds_run_in_place() {
+    for (name, blocks) in [("resnet18", 8), ("resnet50", 16)] {
+        cnnkit_core::manual_seed(6);
+        let model = cnnkit_models::build(name, 3, 64, 64, 10).unwrap();
+        model.eval();
+        let graph = module_to_graph(model.as_ref(), &[None, Some(3), Some(64), Some(64)]).unwrap();
+        let planned = cnnkit_nn::graph::optimize_for_inference(&graph).unwrap();
+        for n in [1, 2] {
+            let x = cnnkit_core::Tensor::randn(&[n, 3, 64, 64], cnnkit_core::DType::F32);
+            let want = cnnkit_core::with_no_grad(|| model.forward(&x)).unwrap();
+            let (got, times) = planned.run_profiled(&[("input", x)]).unwrap();
+            let err = rel_err(&got[0], &want);
+            assert!(err <= 1e-5, "{name} (batch {n}): differs from forward by {err:.2e}");
+            assert!(!times.iter().any(|t| t.op == "Add"), "{name}: an Add ran on its own: {times:?}");
+            let fused = times.iter().filter(|t| t.op == "Conv" && t.fused == Some("Add+Relu")).count();
+            assert_eq!(fused, blocks, "{name}: convolutions with their residual Add: {times:?}");
+        }
+    }
+}

@@ -47,6 +47,8 @@ pub struct Planned<'g> {
     blocks: Vec<Option<super::fuse::BlockPlan>>,
     /// Per node, the convolution + max pool starting there (see `fuse::conv_max_pools`).
     conv_pools: Vec<Option<super::fuse::ConvPoolPlan>>,
+    /// Per node, the convolution + residual Add starting there (see `fuse::residual_adds`).
+    residual_adds: Vec<Option<super::fuse::ResidualAddPlan>>,
 }
 
 impl Graph {
@@ -62,7 +64,8 @@ impl Graph {
         let fused = self.fusable_activations(&readers);
         let blocks = super::fuse::inverted_residual_blocks(self, &fused, &readers);
         let conv_pools = super::fuse::conv_max_pools(self, &fused, &readers);
-        Planned { graph: self, last_use, fused, blocks, conv_pools }
+        let residual_adds = super::fuse::residual_adds(self, &fused, &readers);
+        Planned { graph: self, last_use, fused, blocks, conv_pools, residual_adds }
     }
 
     /// Runs the graph on `inputs` (by graph input name) and returns the graph outputs in order.
@@ -132,6 +135,7 @@ impl Planned<'_> {
             env.insert(vi.name.as_str(), t);
         }
         let (last_use, fused, blocks, conv_pools) = (&self.last_use, &self.fused, &self.blocks, &self.conv_pools);
+        let residual_adds = &self.residual_adds;
         // Nodes before `next` were run with an earlier one (a fused activation or block).
         let mut next = 0;
         for (i, node) in g.nodes.iter().enumerate() {
@@ -175,6 +179,48 @@ impl Planned<'_> {
                 let t = value(v).ok_or_else(|| node_error(node, E(format!("input '{v}' is not defined before this node"))))?;
                 args.push(Some(t.clone()));
             }
+            // A convolution whose output only feeds a residual Add: the Add (and its activation)
+            // run in place on the fresh output (fuse::residual_adds).
+            if let Some(ra) = &residual_adds[i] {
+                if let Some(r) = value(&ra.residual) {
+                    let y = conv(&node.op, &args, Epilogue::None).map_err(|e| node_error(node, e))?;
+                    if y.add_act_(r, ra.act).map_err(|e| node_error(node, e.into()))? {
+                        if let (Some(p), Some(t0)) = (profile.as_deref_mut(), started) {
+                            let ms = t0.elapsed().as_secs_f64() * 1e3;
+                            // The nodes it covers after the Conv: the Add, and the activation's.
+                            let fused = match ra.act {
+                                Epilogue::None => "Add",
+                                Epilogue::Relu => "Add+Relu",
+                                Epilogue::Clamp(..) => "Add+Clip",
+                            };
+                            p.push(NodeTime {
+                                name: node.name.clone(),
+                                op: node.op.name(),
+                                detail: conv_detail(node, &args),
+                                fused: Some(fused),
+                                ms,
+                            });
+                        }
+                        env.insert(ra.output.as_str(), y);
+                        for v in g.nodes[i..ra.end].iter().flat_map(|n| &n.inputs) {
+                            if last_use.get(v.as_str()).is_some_and(|&u| u < ra.end) && !g.outputs.contains(v) {
+                                env.remove(v.as_str());
+                            }
+                        }
+                        next = ra.end;
+                        continue;
+                    }
+                    // Not taken (dtype, shapes): the convolution's output goes on to the Add node.
+                    env.insert(node.outputs[0].as_str(), y);
+                    for v in &node.inputs {
+                        if last_use.get(v.as_str()) == Some(&i) && !g.outputs.contains(v) {
+                            env.remove(v.as_str());
+                        }
+                    }
+                    next = i + 1;
+                    continue;
+                }
+            }
             let mut skip = false;
             // A fused activation (see fusable_activations) names its output after the next
             // node, which is then skipped. Conv runs it in the convolution's epilogue, a float
@@ -202,12 +248,7 @@ impl Planned<'_> {
             };
             if let (Some(p), Some(t0)) = (profile.as_deref_mut(), started) {
                 let fused = skip.then(|| g.nodes[i + 1].op.name());
-                let detail = match (&node.op, args.get(1)) {
-                    (GraphOp::Conv { kernel_shape: [kh, kw], strides: [s, _], group, .. }, Some(Some(w))) if w.ndim() == 4 => {
-                        format!("{}→{} {kh}×{kw} s{s} g{group}", w.shape()[1] * group, w.shape()[0])
-                    }
-                    _ => String::new(),
-                };
+                let detail = conv_detail(node, &args);
                 p.push(NodeTime { name: node.name.clone(), op: node.op.name(), detail, fused, ms: t0.elapsed().as_secs_f64() * 1e3 });
             }
             next = i + 1 + usize::from(skip);
@@ -348,6 +389,16 @@ impl Graph {
                 }
             })
             .collect()
+    }
+}
+
+/// A Conv node's profile detail ("C_in→C_out KH×KW sS gG"); empty for other nodes.
+fn conv_detail(node: &Node, args: &[Option<Tensor>]) -> String {
+    match (&node.op, args.get(1)) {
+        (GraphOp::Conv { kernel_shape: [kh, kw], strides: [s, _], group, .. }, Some(Some(w))) if w.ndim() == 4 => {
+            format!("{}→{} {kh}×{kw} s{s} g{group}", w.shape()[1] * group, w.shape()[0])
+        }
+        _ => String::new(),
     }
 }
 

@@ -146,3 +146,55 @@ pub(super) fn conv_max_pools(g: &Graph, fused: &[Option<Epilogue>], readers: &Ha
         })
         .collect()
 }
+
+/// A convolution whose output only feeds an Add (a residual connection: ResNet's second
+/// convolution of a block, BN folded into it), with the activation after the Add.
+#[derive(Clone, Debug)]
+pub(super) struct ResidualAddPlan {
+    /// The Add's other input: the residual.
+    pub residual: String,
+    /// The activation after the Add (None without one).
+    pub act: Epilogue,
+    /// Nodes start .. end run as one (the Conv, the Add and its activation).
+    pub end: usize,
+    /// The value the chain defines (the last node's output).
+    pub output: String,
+}
+
+/// For each node, the residual Add that runs in place on its output (None for most): a Conv
+/// without a fused activation whose single output is read only by the next node, an Add of
+/// two inputs, the other of which is defined before the Conv (so it is ready when the
+/// convolution is); the Add's fused activation, if any, comes with it. The Add then costs one
+/// pass over the convolution's fresh output, instead of a third tensor and a node.
+pub(super) fn residual_adds(g: &Graph, fused: &[Option<Epilogue>], readers: &HashMap<&str, usize>) -> Vec<Option<ResidualAddPlan>> {
+    (0..g.nodes.len())
+        .map(|i| {
+            let (c, a) = (&g.nodes[i], g.nodes.get(i + 1)?);
+            if !matches!(c.op, GraphOp::Conv { .. }) || fused[i].is_some() || !matches!(a.op, GraphOp::Add) {
+                return None;
+            }
+            let [out] = c.outputs.as_slice() else { return None };
+            let [p, q] = a.inputs.as_slice() else { return None };
+            let residual = match (p == out, q == out) {
+                (true, false) => q,
+                (false, true) => p,
+                _ => return None,
+            };
+            // Defined before the Conv: a graph input, an initializer, or an earlier node's output.
+            let earlier = g.inputs.iter().any(|v| &v.name == residual)
+                || g.initializers.contains_key(residual)
+                || g.nodes[..i].iter().any(|n| n.outputs.contains(residual));
+            if readers.get(out.as_str()) != Some(&1) || !earlier || a.outputs.len() != 1 {
+                return None;
+            }
+            let act = fused[i + 1];
+            let last = if act.is_some() { g.nodes.get(i + 2)? } else { a };
+            Some(ResidualAddPlan {
+                residual: residual.clone(),
+                act: act.unwrap_or(Epilogue::None),
+                end: i + 2 + usize::from(act.is_some()),
+                output: last.outputs.first()?.clone(),
+            })
+        })
+        .collect()
+}

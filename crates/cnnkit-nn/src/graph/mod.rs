@@ -46,7 +46,8 @@ pub struct NodeTime {
     /// For convolutions, "C_in→C_out KH×KW sS gG"; for a fused block "C_in→C_mid→C_out sS",
     /// after "C_img→C_in KH×KW s2 + " when it runs the stem before it too; empty otherwise.
     pub detail: String,
-    /// The activation run in its epilogue, when the next node was fused into it.
+    /// The nodes run with it after it, when fused: the activation's ("Relu", "Clip"), or a
+    /// residual Add and its activation run in place on a convolution's output ("Add+Relu").
     pub fused: Option<&'static str>,
     /// Wall time, milliseconds.
     pub ms: f64,
