@@ -7,7 +7,8 @@
 //! keeps the expanded activations in cache instead of writing them to memory and reading them
 //! back (see `cnnkit_kernels::fused`). The match is by structure, so torchvision's ONNX export
 //! and cnnkit's zoo model fuse alike; shapes and dtypes are checked when the block runs, and
-//! a block the kernel does not take runs node by node.
+//! a block the kernel does not take runs node by node. Also: a convolution's residual Add
+//! (+act) run in place on its output ([`residual_adds`]).
 
 use super::{Graph, GraphOp};
 use cnnkit_kernels::conv::Epilogue;
