@@ -128,7 +128,7 @@ pub const MAX_MID_CHANNELS: usize = 576;
 // batch 1, two threads, per block, medians of sittings with ONNX Runtime interleaved):
 // 64→384→64 at 14×14 0.14–0.17 → 0.13–0.15 ms by rows → by channels, 96→576→96 0.30–0.35 →
 // 0.27–0.30; layer by layer → by channels 160→960→160 0.25–0.34 → 0.20–0.23, 160→960→320
-// 0.33–0.40 → 0.28–0.32. At 28×28 the split lost (32→192→32 0.14–0.17 → 0.22–0.26: three
+// 0.33–0.40 → 0.28–0.32. At 28×28 the split lost (32→192→32 0.15–0.17 → 0.22–0.26: three
 // parts of 64 channels for two threads, and 0.6 MB of window per part). Timed hot in a loop
 // (`examples/fused_block.rs`) the split and the layers tie: what the split saves is the Add
 // node, the rows expanded twice, and the expanded activations and weights each layer would
