@@ -37,3 +37,30 @@ fn recycled_steps_match_fresh_ones() -> Result<()> {
     assert!(recycle_stats().0 > hits0, "later steps reuse earlier steps' buffers");
     Ok(())
 }
+
+/// Once warm, a training step with a fused convolution + ReLU asks the allocator for no output
+/// buffer: every one, the backward's masked gradient included, comes back from the pool (the
+/// masked gradient, a plain Vec, had been freed to the allocator and zero-filled afresh each
+/// step).
+#[test]
+fn warm_fused_steps_allocate_no_output_buffers() -> Result<()> {
+    use cnnkit_kernels::conv::Epilogue;
+    let mut g = Generator::new(9);
+    let x = Tensor::randn_with(&[4, 3, 32, 32], DType::F32, &mut g);
+    let w1 = Tensor::randn_with(&[16, 3, 3, 3], DType::F32, &mut g).requires_grad_()?;
+    let w2 = Tensor::randn_with(&[8, 16, 3, 3], DType::F32, &mut g).requires_grad_()?;
+    let pad = Conv2dArgs { padding: (1, 1), ..Default::default() };
+    let step = || -> Result<()> {
+        w1.zero_grad();
+        w2.zero_grad();
+        let h = x.conv2d_act(&w1, None, pad, Epilogue::Relu)?.conv2d(&w2, None, pad)?;
+        h.square()?.mean_all()?.backward()
+    };
+    let _scope = recycle_buffers();
+    step()?;
+    step()?;
+    let (_, misses) = recycle_stats();
+    step()?;
+    assert_eq!(recycle_stats().1, misses, "a warm step allocated output buffers");
+    Ok(())
+}
