@@ -259,7 +259,7 @@ pub fn forward(blk: &InvertedResidual, n: usize, x: &[f32], residual: Option<&[f
         // rows, while that is worth a window of its own (its first strip's halo rows are
         // expanded again). On a shared VM one vCPU often runs slower than the other: with
         // fixed halves the faster thread waited 3–6% of MobileNetV2's 112×112 and 56×56 blocks.
-        while let Some((v, stolen)) = (0..units).filter_map(|v| claims[v].steal(STEAL_MIN_ROWS).map(|r| (v, r))).next() {
+        while let Some((v, stolen)) = (0..units).find_map(|v| claims[v].steal(STEAL_MIN_ROWS).map(|r| (v, r))) {
             let (xv, rv, yo) = image(v);
             // SAFETY: as above; the stolen rows are this thread's alone.
             unsafe { rows(blk, xv, rv, yp.get().add(yo), stolen, None) };

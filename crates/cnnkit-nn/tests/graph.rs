@@ -324,3 +324,29 @@ fn planned_graph_runs_repeatedly() {
     let e = planned.run(&[("input", Tensor::zeros(&[1, 4, 16, 16], DType::F32))]).unwrap_err().to_string();
     assert!(e.contains("input 'input' has shape [1, 4, 16, 16]"), "{e}");
 }
+
+/// A convolution feeding a residual Add runs the Add with it (one profile entry covering the
+/// Conv, the Add and the ReLU) both where the Add can run in place (same shape) and where it
+/// cannot (a broadcast residual, taken by `add_act`), and computes what the ops compute.
+#[test]
+fn residual_add_runs_with_its_convolution() {
+    manual_seed(12);
+    for residual_shape in [&[2usize, 4, 6, 6][..], &[4, 1, 1]] {
+        let w = Tensor::randn(&[4, 3, 3, 3], DType::F32);
+        let r = Tensor::randn(residual_shape, DType::F32);
+        let mut b = GraphBuilder::new("input", &[Some(2), Some(3), Some(6), Some(6)]);
+        let (wn, rn) = (b.constant(w.clone()), b.constant(r.clone()));
+        let conv = GraphOp::Conv { kernel_shape: [3, 3], strides: [1, 1], pads: [1; 4], dilations: [1, 1], group: 1 };
+        let y = b.node(conv, &["input", &wn]).unwrap();
+        let s = b.node(GraphOp::Add, &[&rn, &y]).unwrap();
+        let out = b.node(GraphOp::Relu, &[&s]).unwrap();
+        let g = b.finish(&[&out]);
+        let x = Tensor::randn(&[2, 3, 6, 6], DType::F32);
+        let pad = cnnkit_core::Conv2dArgs { padding: (1, 1), ..Default::default() };
+        let want = r.add(&x.conv2d(&w, None, pad).unwrap()).unwrap().relu().unwrap();
+        let (got, times) = g.run_profiled(&[("input", x)]).unwrap();
+        assert_eq!(got[0].to_f32_vec().unwrap(), want.to_f32_vec().unwrap(), "residual {residual_shape:?}");
+        assert_eq!(times.len(), 1, "{times:?}");
+        assert_eq!((times[0].op, times[0].fused), ("Conv", Some("Add+Relu")));
+    }
+}

@@ -144,22 +144,44 @@ impl Planned<'_> {
             }
             let started = profile.is_some().then(std::time::Instant::now);
             let value = |v: &str| env.get(v).or_else(|| g.initializers.get(v));
-            // A fused chain (block, or convolution + pool) that ran: its output, detail, op
-            // name for the profile, and the node after it.
+            let node_args = || -> Result<Vec<Option<Tensor>>> {
+                let mut args = Vec::with_capacity(node.inputs.len());
+                for v in &node.inputs {
+                    if v.is_empty() {
+                        args.push(None);
+                        continue;
+                    }
+                    let t = value(v).ok_or_else(|| node_error(node, E(format!("input '{v}' is not defined before this node"))))?;
+                    args.push(Some(t.clone()));
+                }
+                Ok(args)
+            };
+            // A fused chain (block, convolution + pool, convolution + residual Add) that ran:
+            // its output, detail, op name and the nodes it covered after the first for the
+            // profile, and the node after it.
             let mut chain = None;
             if let Some(b) = &blocks[i] {
                 if let Some((y, detail)) = g.run_block(b, &value, profile.is_some()).map_err(|e| node_error(node, e))? {
-                    chain = Some((y, detail, "InvertedResidual", b.output.as_str(), b.end));
+                    chain = Some((y, detail, "InvertedResidual", None, b.output.as_str(), b.end));
                 }
             } else if let Some(cp) = &conv_pools[i] {
                 if let Some((y, detail)) = g.run_conv_pool(cp, &value, profile.is_some()).map_err(|e| node_error(node, e))? {
-                    chain = Some((y, detail, "ConvMaxPool", cp.output.as_str(), cp.end));
+                    chain = Some((y, detail, "ConvMaxPool", None, cp.output.as_str(), cp.end));
                 }
+            } else if let Some((ra, Some(r))) = residual_adds[i].as_ref().map(|ra| (ra, value(&ra.residual))) {
+                // A convolution whose output only feeds a residual Add: the Add (and its
+                // activation) run in place on the fresh output (fuse::residual_adds), or as
+                // `add_act` where that declines (other dtypes or shapes).
+                let args = node_args()?;
+                let y = conv(&node.op, &args, Epilogue::None).map_err(|e| node_error(node, e))?;
+                let add_error = |e: cnnkit_core::Error| node_error(&g.nodes[i + 1], e.into());
+                let y = if y.add_act_(r, ra.act).map_err(add_error)? { y } else { y.add_act(r, ra.act).map_err(add_error)? };
+                chain = Some((y, conv_detail(node, &args), node.op.name(), Some(ra.covers()), ra.output.as_str(), ra.end));
             }
-            if let Some((y, detail, op, output, end)) = chain {
+            if let Some((y, detail, op, fused, output, end)) = chain {
                 if let (Some(p), Some(t0)) = (profile.as_deref_mut(), started) {
                     let ms = t0.elapsed().as_secs_f64() * 1e3;
-                    p.push(NodeTime { name: node.name.clone(), op, detail, fused: None, ms });
+                    p.push(NodeTime { name: node.name.clone(), op, detail, fused, ms });
                 }
                 env.insert(output, y);
                 for v in g.nodes[i..end].iter().flat_map(|n| &n.inputs) {
@@ -170,57 +192,7 @@ impl Planned<'_> {
                 next = end;
                 continue;
             }
-            let mut args = Vec::with_capacity(node.inputs.len());
-            for v in &node.inputs {
-                if v.is_empty() {
-                    args.push(None);
-                    continue;
-                }
-                let t = value(v).ok_or_else(|| node_error(node, E(format!("input '{v}' is not defined before this node"))))?;
-                args.push(Some(t.clone()));
-            }
-            // A convolution whose output only feeds a residual Add: the Add (and its activation)
-            // run in place on the fresh output (fuse::residual_adds).
-            if let Some(ra) = &residual_adds[i] {
-                if let Some(r) = value(&ra.residual) {
-                    let y = conv(&node.op, &args, Epilogue::None).map_err(|e| node_error(node, e))?;
-                    if y.add_act_(r, ra.act).map_err(|e| node_error(node, e.into()))? {
-                        if let (Some(p), Some(t0)) = (profile.as_deref_mut(), started) {
-                            let ms = t0.elapsed().as_secs_f64() * 1e3;
-                            // The nodes it covers after the Conv: the Add, and the activation's.
-                            let fused = match ra.act {
-                                Epilogue::None => "Add",
-                                Epilogue::Relu => "Add+Relu",
-                                Epilogue::Clamp(..) => "Add+Clip",
-                            };
-                            p.push(NodeTime {
-                                name: node.name.clone(),
-                                op: node.op.name(),
-                                detail: conv_detail(node, &args),
-                                fused: Some(fused),
-                                ms,
-                            });
-                        }
-                        env.insert(ra.output.as_str(), y);
-                        for v in g.nodes[i..ra.end].iter().flat_map(|n| &n.inputs) {
-                            if last_use.get(v.as_str()).is_some_and(|&u| u < ra.end) && !g.outputs.contains(v) {
-                                env.remove(v.as_str());
-                            }
-                        }
-                        next = ra.end;
-                        continue;
-                    }
-                    // Not taken (dtype, shapes): the convolution's output goes on to the Add node.
-                    env.insert(node.outputs[0].as_str(), y);
-                    for v in &node.inputs {
-                        if last_use.get(v.as_str()) == Some(&i) && !g.outputs.contains(v) {
-                            env.remove(v.as_str());
-                        }
-                    }
-                    next = i + 1;
-                    continue;
-                }
-            }
+            let args = node_args()?;
             let mut skip = false;
             // A fused activation (see fusable_activations) names its output after the next
             // node, which is then skipped. Conv runs it in the convolution's epilogue, a float

@@ -162,6 +162,18 @@ pub(super) struct ResidualAddPlan {
     pub output: String,
 }
 
+impl ResidualAddPlan {
+    /// The nodes the chain covers after the Conv, for the profile: the Add, and the
+    /// activation's node.
+    pub fn covers(&self) -> &'static str {
+        match self.act {
+            Epilogue::None => "Add",
+            Epilogue::Relu => "Add+Relu",
+            Epilogue::Clamp(..) => "Add+Clip",
+        }
+    }
+}
+
 /// For each node, the residual Add that runs in place on its output (None for most): a Conv
 /// without a fused activation whose single output is read only by the next node, an Add of
 /// two inputs, the other of which is defined before the Conv (so it is ready when the
